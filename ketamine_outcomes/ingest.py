@@ -1,0 +1,188 @@
+"""Ingesting one export folder into the internal warehouse, all or nothing.
+
+An export is read, checked and validated entirely in memory; only then is one transaction
+written: accepted rows to ``staging``, quarantined rows (rules only, no values) to
+``ops.quarantined_rows`` and the accounting to ``ops.data_quality``. A blocked export writes
+its accounting and nothing else, so no value of it reaches the warehouse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+import data_contracts
+from ketamine_outcomes import warehouse
+from ketamine_outcomes.discovery import ExportFolder, content_hash, read_manifest
+from ketamine_outcomes.faults import ExportBlocked, FileFault
+from ketamine_outcomes.gx_runner import GxSession
+from ketamine_outcomes.reading import SOURCE_ROW, TableRead, read_table_file
+from ketamine_outcomes.validation import (
+    TableValidation,
+    check_column_names,
+    check_identifier_values,
+    validate_table,
+)
+
+
+@dataclass
+class ExportResult:
+    """What happened to one export, for logs, Dagster metadata and the run summary."""
+
+    export_id: str
+    status: str  # "accepted" | "blocked" | "unchanged"
+    content_hash: str
+    tables: list[TableValidation] = field(default_factory=list)
+    faults: list[FileFault] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows_read: dict[str, int | None] = field(default_factory=dict)
+    data_docs: Path | None = None
+    expectations_evaluated: int = 0
+    expectations_failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def blocked(self) -> bool:
+        return self.status == "blocked"
+
+    def table(self, name: str) -> TableValidation | None:
+        return next((t for t in self.tables if t.table == name), None)
+
+
+def _read_all(export: ExportFolder, faults: list[FileFault]) -> dict[str, TableRead]:
+    reads: dict[str, TableRead] = {}
+    for table, files in export.duplicate_table_files.items():
+        faults.append(FileFault(export.export_id, ", ".join(f.name for f in files), None,
+                                "one_file_per_table",
+                                f"table {table} is delivered in more than one file"))
+    for contract in data_contracts.table_contracts():
+        files = export.table_files.get(contract.name, [])
+        if len(files) != 1:
+            continue
+        try:
+            reads[contract.name] = read_table_file(files[0], contract, export.export_id)
+        except ExportBlocked as blocked:
+            faults.extend(blocked.faults)
+    return reads
+
+
+def _manifest_faults(export: ExportFolder, manifest: dict | None,
+                     reads: dict[str, TableRead]) -> list[FileFault]:
+    if not manifest:
+        return []
+    faults = []
+    for table, expected in (manifest.get("row_counts") or {}).items():
+        read = reads.get(table)
+        if read is not None and read.rows_read != expected:
+            faults.append(FileFault(export.export_id, read.file, None, "manifest_row_count",
+                                    f"manifest says {expected} rows, the file has {read.rows_read}"))
+        elif table not in export.table_files and expected:
+            faults.append(FileFault(export.export_id, "manifest.json", "row_counts",
+                                    "manifest_row_count",
+                                    f"manifest lists {expected} {table} rows but no file"))
+    return faults
+
+
+def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_root: Path | None,
+                  validated_at: datetime, force: bool = False) -> ExportResult:
+    """Validate and stage one complete export; skip it when its content was ingested before."""
+    started = time.perf_counter()
+    digest = content_hash(export)
+    if not force and warehouse.ingested_hash(con, export.export_id) == digest:
+        return ExportResult(export.export_id, "unchanged", digest)
+    result = ExportResult(export.export_id, "accepted", digest)
+    manifest, manifest_fault = read_manifest(export)
+    faults = [manifest_fault] if manifest_fault else []
+    reads = _read_all(export, faults)
+    result.rows_read = {t: r.rows_read for t, r in reads.items()}
+    faults += _manifest_faults(export, manifest, reads)
+    gx = GxSession(docs_root / export.export_id if docs_root else None)
+    for read in reads.values():
+        faults += check_column_names(export.export_id, read)
+        faults += check_identifier_values(gx, export.export_id, read)
+        result.warnings += [
+            f"export {export.export_id}, file {read.file}, column {c}: unknown column dropped"
+            for c in read.unknown_columns
+        ]
+    if not faults:
+        known = warehouse.known_patient_ids(con, export.export_id)
+        for contract in data_contracts.table_contracts():
+            read = reads.get(contract.name)
+            if read is None:
+                continue
+            tv = validate_table(gx, export.export_id, contract, read,
+                                known if contract.references else None, faults.append)
+            result.tables.append(tv)
+            if contract.name == "patients":
+                known = pl.concat([known, tv.accepted["patient_id"]]).unique()
+    result.faults = faults
+    result.status = "blocked" if faults else "accepted"
+    result.data_docs = gx.build_data_docs()
+    result.expectations_evaluated = gx.expectations_evaluated
+    result.expectations_failed = gx.expectations_failed
+    _write(con, export, manifest, result, validated_at)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write(con: duckdb.DuckDBPyConnection, export: ExportFolder, manifest: dict | None,
+           result: ExportResult, validated_at: datetime) -> None:
+    exported_at = (manifest or {}).get("exported_at")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        warehouse.forget_export(con, export.export_id)
+        con.execute("DELETE FROM ops.data_quality WHERE export_id = ?", [export.export_id])
+        if result.blocked:
+            _write_blocked(con, export, result, exported_at, validated_at)
+        else:
+            _write_accepted(con, export.export_id, result, exported_at, validated_at)
+        con.execute(
+            "INSERT INTO ops.exports VALUES (?, ?, ?, ?)",
+            [export.export_id, result.content_hash, result.status, validated_at],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _write_blocked(con, export: ExportFolder, result: ExportResult, exported_at, validated_at):
+    for table, files in sorted(export.table_files.items()):
+        for path in files:
+            own = [f.message for f in result.faults if f.file and path.name in f.file]
+            reason = "; ".join(own) if own else "export blocked: " + result.faults[0].message
+            rows = result.rows_read.get(table) if len(files) == 1 else None
+            con.execute(
+                "INSERT INTO ops.data_quality VALUES (?, 'blocked', ?, ?, ?, 0, 0, 0, true, ?, "
+                "TRY_CAST(? AS TIMESTAMPTZ), ?)",
+                [export.export_id, table, path.name, rows, reason, exported_at, validated_at],
+            )
+
+
+def _write_accepted(con, export_id: str, result: ExportResult, exported_at, validated_at):
+    for tv in result.tables:
+        contract = data_contracts.table_contract(tv.table)
+        cols = ", ".join(contract.column_names)
+        accepted_rows = tv.accepted.select(SOURCE_ROW, *contract.column_names)  # noqa: F841
+        con.execute(
+            f"INSERT INTO staging.{tv.table} (export_id, source_row, {cols}) "
+            f"SELECT ?, source_row, {cols} FROM accepted_rows",
+            [export_id],
+        )
+        quarantined_rows = tv.quarantined  # noqa: F841
+        con.execute(
+            "INSERT INTO ops.quarantined_rows SELECT ?, ?, source_row, rules, patient_id, "
+            "indication FROM quarantined_rows",
+            [export_id, tv.table],
+        )
+        con.execute(
+            "INSERT INTO ops.data_quality VALUES (?, 'accepted', ?, ?, ?, ?, ?, ?, false, NULL, "
+            "TRY_CAST(? AS TIMESTAMPTZ), ?)",
+            [export_id, tv.table, tv.file, tv.rows_read, tv.rows_accepted, tv.rows_quarantined,
+             tv.rows_duplicate, exported_at, validated_at],
+        )

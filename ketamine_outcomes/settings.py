@@ -1,0 +1,50 @@
+"""Where things live on disk. Every path comes from the environment with a project-local
+default, so ``make run``, ``make dev``, the tests and a clinic deployment only differ in
+environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Resolved locations of the landing directory, the warehouses and the reports."""
+
+    landing_dir: Path
+    warehouse: Path  # the published analyst file (schema ``marts`` only)
+    data_dir: Path
+
+    @property
+    def internal_warehouse(self) -> Path:
+        """Working DuckDB file: staging, quarantine, accounting, patient-level derivations.
+
+        Kept apart from the published file so analysts' read-only sessions never hold a lock
+        the pipeline needs, and so no patient-level row ever sits in the analyst file."""
+        return self.warehouse.with_name(self.warehouse.stem + ".internal.duckdb")
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.data_dir / "gx_data_docs"
+
+    @property
+    def report_dir(self) -> Path:
+        """Static HTML report and Kaplan-Meier PNGs, next to the published warehouse."""
+        return self.warehouse.parent / "report"
+
+
+def resolve_paths(
+    landing_dir: str | os.PathLike[str] | None = None,
+    warehouse: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Paths:
+    """Explicit arguments win, then ``OUTCOMES_*`` environment variables, then defaults
+    under ``<project>/data``."""
+    data = Path(data_dir or os.environ.get("OUTCOMES_DATA_DIR") or PROJECT_ROOT / "data")
+    landing = Path(landing_dir or os.environ.get("OUTCOMES_LANDING_DIR") or data / "landing")
+    wh = Path(warehouse or os.environ.get("OUTCOMES_WAREHOUSE") or data / "warehouse" / "outcomes.duckdb")
+    return Paths(landing_dir=landing.absolute(), warehouse=wh.absolute(), data_dir=data.absolute())

@@ -1,0 +1,131 @@
+"""The internal DuckDB warehouse: staging, quarantine, row accounting, supersession.
+
+Schemas (none of them analyst-facing; the published file holds only ``marts``):
+- ``staging.<table>``: accepted rows of every ingested export, typed, with export_id and
+  source_row; ``staging.current_<table>``: natural-key supersession over all of them (the
+  row of the export that sorts last by name wins; rows a later export does not repeat stay).
+- ``ops.quarantined_rows``: export, table, source row and the rule(s) broken (no values).
+- ``ops.data_quality``: the row accounting, one row per export and table.
+- ``ops.exports``: which export content (hash) was ingested.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+import data_contracts
+from data_contracts import TableContract
+
+SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN"}
+
+
+def score_decimal_type() -> str:
+    decimals = max(int(i["decimals"]) for i in data_contracts.vocabulary()["instruments"].values())
+    return f"DECIMAL(18, {decimals})"
+
+
+def _sql_type(col_type: str) -> str:
+    return score_decimal_type() if col_type == "decimal" else SQL_TYPES[col_type]
+
+
+def connect(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the internal warehouse with every table in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    ensure_schema(con)
+    return con
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Idempotent DDL for staging, ops and the supersession views."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS staging")
+    con.execute("CREATE SCHEMA IF NOT EXISTS ops")
+    for contract in data_contracts.table_contracts():
+        cols = ", ".join(f"{c.name} {_sql_type(c.type)}" for c in contract.columns)
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS staging.{contract.name} "
+            f"(export_id VARCHAR NOT NULL, source_row BIGINT NOT NULL, {cols})"
+        )
+        con.execute(current_view_sql(contract))
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ops.quarantined_rows (
+            export_id VARCHAR NOT NULL, table_name VARCHAR NOT NULL, source_row BIGINT NOT NULL,
+            rules VARCHAR NOT NULL, patient_id VARCHAR, indication VARCHAR)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ops.data_quality (
+            export_id VARCHAR NOT NULL, status VARCHAR NOT NULL, table_name VARCHAR,
+            file_name VARCHAR, rows_read BIGINT, rows_accepted BIGINT, rows_quarantined BIGINT,
+            rows_duplicate BIGINT, blocked BOOLEAN NOT NULL, blocking_reason VARCHAR,
+            exported_at TIMESTAMPTZ, validated_at TIMESTAMPTZ NOT NULL)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ops.exports (
+            export_id VARCHAR PRIMARY KEY, content_hash VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            ingested_at TIMESTAMPTZ NOT NULL)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW staging.quarantined_patients AS
+           SELECT DISTINCT q.patient_id, q.indication
+           FROM ops.quarantined_rows q
+           WHERE q.table_name = 'patients' AND q.patient_id IS NOT NULL
+             AND q.patient_id NOT IN (SELECT patient_id FROM staging.current_patients)"""
+    )
+
+
+def current_view_sql(contract: TableContract) -> str:
+    """Natural-key supersession: the accepted row of the last export (by name) wins."""
+    cols = ", ".join(contract.column_names)
+    key = ", ".join(contract.natural_key)
+    return (
+        f"CREATE OR REPLACE VIEW staging.current_{contract.name} AS "
+        f"SELECT {cols} FROM staging.{contract.name} "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY export_id DESC) = 1"
+    )
+
+
+def ingested_hash(con: duckdb.DuckDBPyConnection, export_id: str) -> str | None:
+    row = con.execute("SELECT content_hash FROM ops.exports WHERE export_id = ?",
+                      [export_id]).fetchone()
+    return row[0] if row else None
+
+
+def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.Series:
+    """Patients accepted in exports that sort before ``before_export``."""
+    return con.sql(
+        "SELECT DISTINCT patient_id FROM staging.patients WHERE export_id < $before",
+        params={"before": before_export},
+    ).pl()["patient_id"]
+
+
+def forget_export(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
+    """Remove everything an earlier ingestion of this export wrote (re-delivery, changed)."""
+    for contract in data_contracts.table_contracts():
+        con.execute(f"DELETE FROM staging.{contract.name} WHERE export_id = ?", [export_id])
+    con.execute("DELETE FROM ops.quarantined_rows WHERE export_id = ?", [export_id])
+    con.execute("DELETE FROM ops.data_quality WHERE export_id = ?", [export_id])
+    con.execute("DELETE FROM ops.exports WHERE export_id = ?", [export_id])
+
+
+def record_waiting(con: duckdb.DuckDBPyConnection, export_id: str, status: str, reason: str,
+                   validated_at) -> None:
+    """One row for an incomplete or refused folder (replaced on every run until it changes)."""
+    con.execute("DELETE FROM ops.data_quality WHERE export_id = ? AND status IN "
+                "('incomplete', 'refused')", [export_id])
+    con.execute(
+        "INSERT INTO ops.data_quality VALUES (?, ?, NULL, NULL, NULL, NULL, NULL, NULL, false, ?, "
+        "NULL, ?)",
+        [export_id, status, reason, validated_at],
+    )
+
+
+def forget_waiting_not_present(con: duckdb.DuckDBPyConnection, present_ids: list[str]) -> None:
+    """An incomplete/refused folder that disappeared from the landing dir is no longer waiting."""
+    con.execute(
+        "DELETE FROM ops.data_quality WHERE status IN ('incomplete', 'refused') "
+        "AND NOT list_contains(?, export_id)",
+        [present_ids],
+    )
