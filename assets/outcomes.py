@@ -1,0 +1,39 @@
+"""Stage ``outcomes``: each patient's outcome per analysed instrument (internal only)."""
+
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets.validation import STAGED_TABLES, staged_key
+from ketamine_outcomes.derivation import derive_patient_outcomes
+from ketamine_outcomes.outcome_definitions import load_definitions
+from pipelines.resources import OutcomesWarehouse
+
+
+@asset(
+    group_name="outcomes",
+    deps=[staged_key(t) for t in STAGED_TABLES],
+    owners=["team:clinical-analytics"],
+    tags={"stage": "outcomes"},
+    pool="warehouse",
+    description=(
+        "Patient-level derivation (outcomes.md): baseline, end-of-induction status, ever "
+        "response, time to first response or censoring, sessions to response, populations and "
+        "attrition reasons, from the superseded staging tables. Lives in the internal warehouse "
+        "(schema derived) and never in the analyst file."
+    ),
+)
+def patient_outcomes(context: AssetExecutionContext,
+                     outcomes_warehouse: OutcomesWarehouse) -> MaterializeResult:
+    defs = load_definitions()
+    with outcomes_warehouse.internal() as con:
+        derive_patient_outcomes(con, defs, schema="derived")
+        rows = con.execute(
+            "SELECT indication, instrument, count(*) AS patients FROM derived.patient_outcomes "
+            "GROUP BY ALL ORDER BY ALL").fetchall()
+    table = "\n".join(["| indication | instrument | patients |", "|---|---|---|"]
+                      + [f"| {i} | {s} | {n} |" for i, s, n in rows])
+    return MaterializeResult(metadata={
+        "definition_version": defs.definition_version,
+        "patient_instrument_rows": sum(r[2] for r in rows),
+        "per_indication": MetadataValue.md(table),
+    })

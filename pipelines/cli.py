@@ -1,0 +1,133 @@
+"""Headless run of the whole pipeline (``make run``), through the same Dagster jobs as the UI.
+
+Exit status: 0 when every complete export was ingested (incomplete folders are reported and
+wait); 2 when some export was blocked or refused (the others are still processed and
+published); 1 when the pipeline itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BLOCKED = 0, 1, 2
+
+
+def _prepare_landing(args: argparse.Namespace) -> Path | None:
+    """Bundled sample exports when no landing directory is configured."""
+    if os.environ.get("OUTCOMES_LANDING_DIR"):
+        return None
+    from ketamine_outcomes.sample_exports import generate_landing
+    from ketamine_outcomes.settings import resolve_paths
+
+    sample = resolve_paths().data_dir / "sample_landing"
+    if sample.exists():
+        shutil.rmtree(sample)
+    generate_landing(sample, n_patients=args.sample_patients, seed=args.seed)
+    os.environ["OUTCOMES_LANDING_DIR"] = str(sample)
+    return sample
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            shutil.copy(Path(__file__).with_name("dagster.yaml"), config)
+        return DagsterInstance.get()
+    return DagsterInstance.ephemeral()
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    sample = _prepare_landing(args)
+    from ketamine_outcomes.discovery import discover_exports
+    from ketamine_outcomes.settings import resolve_paths
+    from pipelines.definitions import defs
+
+    paths = resolve_paths()
+    instance = _instance()
+    print(f"landing directory: {paths.landing_dir}" + (" (bundled sample exports)" if sample else ""))
+    ok = defs.resolve_job_def("discover_exports_job").execute_in_process(
+        instance=instance, raise_on_error=False).success
+    exports = discover_exports(paths.landing_dir)
+    ingest = defs.resolve_job_def("ingest_export_job")
+    for export in exports:
+        if export.status != "complete":
+            print(f"  {export.export_id}: {export.status} — {export.reason}")
+            continue
+        res = ingest.execute_in_process(partition_key=export.export_id, instance=instance,
+                                        raise_on_error=False)
+        ok = ok and res.success
+    publish = defs.resolve_job_def("publish_marts_job").execute_in_process(
+        instance=instance, raise_on_error=False)
+    ok = ok and publish.success
+    if not ok:
+        print("pipeline FAILED: see the run logs above (or `make dev` and the Runs page)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return _summarise(paths, {e.export_id for e in exports}, time.perf_counter() - started)
+
+
+def _summarise(paths, present: set[str], seconds: float) -> int:
+    import duckdb
+
+    from ketamine_outcomes.report import summary_lines
+
+    con = duckdb.connect(str(paths.warehouse), read_only=True)
+    try:
+        quality = con.execute(
+            "SELECT export_id, status, table_name, rows_read, rows_accepted, rows_quarantined, "
+            "rows_duplicate, blocking_reason FROM marts.data_quality ORDER BY ALL").fetchall()
+        lines = summary_lines(con)
+    finally:
+        con.close()
+    quality = [q for q in quality if q[0] in present]
+    print("\nexports:")
+    totals = [0, 0, 0, 0]
+    problems = []
+    for export_id, status, table, read, acc, quar, dup, reason in quality:
+        if status in ("blocked", "refused"):
+            problems.append(f"  {status.upper()}: {reason}")
+        if status == "accepted":
+            totals = [a + (b or 0) for a, b in zip(totals, (read, acc, quar, dup), strict=True)]
+    by_export: dict[str, str] = {q[0]: q[1] for q in quality}
+    for export_id, status in sorted(by_export.items()):
+        print(f"  {export_id}: {status}")
+    print(f"rows read {totals[0]}, accepted {totals[1]}, quarantined {totals[2]}, "
+          f"duplicates {totals[3]}")
+    for line in dict.fromkeys(problems):
+        print(line)
+    print()
+    print("\n".join(lines))
+    print(f"\nwarehouse (analysts, read-only): {paths.warehouse}")
+    print(f"HTML report: {paths.report_dir / 'index.html'}")
+    print(f"Great Expectations Data Docs: {paths.data_docs_dir}")
+    print(f"finished in {seconds:.1f} s")
+    return EXIT_BLOCKED if problems else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ketamine-outcomes", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run the whole pipeline headless")
+    run_p.add_argument("--sample-patients", type=int, default=3000,
+                       help="patients in the bundled sample (when OUTCOMES_LANDING_DIR is unset)")
+    run_p.add_argument("--seed", type=int, default=20261126)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except Exception as exc:  # noqa: BLE001 - the exit status is the contract
+        print(f"pipeline FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
