@@ -67,7 +67,8 @@ def analyst_marts(context: AssetExecutionContext, outcomes_warehouse: OutcomesWa
             "'ITT' AND stratum = 'overall' ORDER BY ALL").fetchall()
     context.log.info(f"published {len(MARTS)} marts to {paths.warehouse}")
     md = "\n".join(
-        ["| indication | instrument | n | responders | rate | 95 % CI |", "|---|---|---|---|---|---|"]
+        ["| indication | instrument | n | responders | rate | 95 % CI |",
+         "|---|---|---|---|---|---|"]
         + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]}-{r[6]} |" for r in preview])
     for name in MARTS:
         meta = {

@@ -36,6 +36,7 @@ def outcomes_report(context: AssetExecutionContext,
     meta: dict = {"report": MetadataValue.path(str(html)), "plots": len(plots)}
     for indication, png in sorted(plots.items()):
         data = base64.b64encode(png.read_bytes()).decode()
-        meta[f"km_{indication}"] = MetadataValue.md(f"![{indication}](data:image/png;base64,{data})")
+        meta[f"km_{indication}"] = MetadataValue.md(
+            f"![{indication}](data:image/png;base64,{data})")
     context.log.info(f"report written to {html}")
     return MaterializeResult(metadata=meta)

@@ -227,24 +227,18 @@ def _numbers_at_risk(
 ) -> list[str]:
     """Number at risk at each of ``times``, as labels, from the published curve only.
 
-    At t: the curve mart's n_at_risk of the last row with day <= t (NULL there means the mart
-    withheld it: ``<11``). Before the first curve row (day 0 when the mart starts at the first
-    event day) everyone evaluable is at risk: the published n of the overall time-to-response
-    row. After the last curve row (the last event or censoring day) nobody is followed up: 0.
+    The curve mart's ``n_at_risk`` on a row is the number still followed up just before that
+    day (time >= day), so the number at risk at t is the value of the first row with
+    day >= t: nobody leaves the risk set between two rows. NULL there means the mart withheld
+    it (``<11``). Past the last row (the last event or censoring day) nobody is at risk: 0.
+    ``n_start`` is kept for an empty curve (the published n of the overall row).
     """
     out: list[str] = []
-    last_day = days[-1] if days else None
     for t in times:
-        idx = None
-        for i, d in enumerate(days):
-            if d <= t:
-                idx = i
-            else:
-                break
-        if last_day is not None and t > last_day:
-            out.append("0")
-        elif idx is None:
-            out.append(str(n_start) if n_start is not None else AT_RISK_SUPPRESSED)
+        idx = next((i for i, d in enumerate(days) if d >= t), None)
+        if idx is None:
+            out.append("0" if days else (str(n_start) if n_start is not None
+                                         else AT_RISK_SUPPRESSED))
         else:
             n = n_at_risk[idx]
             out.append(AT_RISK_SUPPRESSED if n is None else str(int(n)))

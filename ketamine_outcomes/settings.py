@@ -46,5 +46,7 @@ def resolve_paths(
     under ``<project>/data``."""
     data = Path(data_dir or os.environ.get("OUTCOMES_DATA_DIR") or PROJECT_ROOT / "data")
     landing = Path(landing_dir or os.environ.get("OUTCOMES_LANDING_DIR") or data / "landing")
-    wh = Path(warehouse or os.environ.get("OUTCOMES_WAREHOUSE") or data / "warehouse" / "outcomes.duckdb")
+    wh = Path(
+        warehouse or os.environ.get("OUTCOMES_WAREHOUSE") or data / "warehouse" / "outcomes.duckdb"
+    )
     return Paths(landing_dir=landing.absolute(), warehouse=wh.absolute(), data_dir=data.absolute())

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     paths = resolve_paths()
     instance = _instance()
-    print(f"landing directory: {paths.landing_dir}" + (" (bundled sample exports)" if sample else ""))
+    note = " (bundled sample exports)" if sample else ""
+    print(f"landing directory: {paths.landing_dir}{note}")
     ok = defs.resolve_job_def("discover_exports_job").execute_in_process(
         instance=instance, raise_on_error=False).success
     exports = discover_exports(paths.landing_dir)
@@ -93,7 +94,7 @@ def _summarise(paths, present: set[str], seconds: float) -> int:
     print("\nexports:")
     totals = [0, 0, 0, 0]
     problems = []
-    for export_id, status, table, read, acc, quar, dup, reason in quality:
+    for _export, status, _table, read, acc, quar, dup, reason in quality:
         if status in ("blocked", "refused"):
             problems.append(f"  {status.upper()}: {reason}")
         if status == "accepted":

@@ -199,9 +199,10 @@ def test_numbers_at_risk_rule() -> None:
     days = [1.0, 5.0, 7.0, 20.0, 60.0]
     n = [100, 90, 80, 30, None]
     got = _numbers_at_risk(days, n, [0, 7, 14, 28, 56, 84], n_start=100)
-    # day 0 before the first row: everyone evaluable; 14 -> row of day 7; 56 -> row of day 20;
-    # 84 past the last follow-up day: nobody at risk.
-    assert got == ["100", "80", "80", "30", "30", "0"]
+    # n_at_risk on a row counts those followed up to at least that day, so at t it is the
+    # first row with day >= t: 0 -> day 1 (100); 7 -> day 7 (80); 14 -> day 20 (30);
+    # 28 and 56 -> day 60 (withheld); 84 is past the last follow-up day: nobody at risk.
+    assert got == ["100", "80", "30", AT_RISK_SUPPRESSED, AT_RISK_SUPPRESSED, "0"]
     assert _numbers_at_risk(days, n, [60], n_start=100) == [AT_RISK_SUPPRESSED]
 
 
