@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     instance = _instance()
     note = " (bundled sample exports)" if sample else ""
     print(f"landing directory: {paths.landing_dir}{note}")
+    quiet = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     ok = defs.resolve_job_def("discover_exports_job").execute_in_process(
-        instance=instance, raise_on_error=False).success
+        instance=instance, raise_on_error=False, run_config=quiet).success
     exports = discover_exports(paths.landing_dir)
     ingest = defs.resolve_job_def("ingest_export_job")
     for export in exports:
@@ -65,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {export.export_id}: {export.status} — {export.reason}")
             continue
         res = ingest.execute_in_process(partition_key=export.export_id, instance=instance,
-                                        raise_on_error=False)
+                                        raise_on_error=False, run_config=quiet)
         ok = ok and res.success
     publish = defs.resolve_job_def("publish_marts_job").execute_in_process(
-        instance=instance, raise_on_error=False)
+        instance=instance, raise_on_error=False, run_config=quiet)
     ok = ok and publish.success
     if not ok:
         print("pipeline FAILED: see the run logs above (or `make dev` and the Runs page)",
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--sample-patients", type=int, default=3000,
                        help="patients in the bundled sample (when OUTCOMES_LANDING_DIR is unset)")
     run_p.add_argument("--seed", type=int, default=20261126)
+    run_p.add_argument("--log-level", default="WARNING",
+                       help="Dagster console log level (DEBUG shows every event)")
     args = parser.parse_args(argv)
     try:
         return run(args)

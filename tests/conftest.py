@@ -195,3 +195,22 @@ def pipeline(tmp_path: Path) -> Pipeline:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with DagsterInstance.from_config(str(home)) as instance:
         yield Pipeline(root=tmp_path, instance=instance)
+
+
+@pytest.fixture(scope="session")
+def sample_warehouse(tmp_path_factory) -> Path:
+    """A published warehouse built once per session from generated sample exports."""
+    from dagster import DagsterInstance
+
+    from ketamine_outcomes.sample_exports import generate_landing
+
+    root = tmp_path_factory.mktemp("sample")
+    home = root / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.from_config(str(home)) as instance:
+        p = Pipeline(root=root, instance=instance)
+        generate_landing(p.landing, n_patients=1500, seed=7)
+        p.ingest_all()
+        p.publish()
+    return p.warehouse
