@@ -83,14 +83,14 @@ def derive_patient_outcomes(
 
 def _check_score_type(con: duckdb.DuckDBPyConnection) -> None:
     """Refuse binary floating-point scores: exact comparisons need DECIMAL or integers."""
-    rows = con.execute(
-        "SELECT data_type FROM information_schema.columns "
-        "WHERE table_schema = 'staging' AND table_name = 'current_assessments' "
-        "AND column_name = 'score'"
-    ).fetchall()
-    if not rows:
-        raise ValueError("staging.current_assessments.score not found")
-    data_type = str(rows[0][0]).upper()
+    # DESCRIBE resolves the name exactly as the derivation's queries will (views included)
+    columns = {
+        str(name): str(data_type).upper()
+        for name, data_type, *_ in con.execute("DESCRIBE staging.current_assessments").fetchall()
+    }
+    if "score" not in columns:
+        raise ValueError("staging.current_assessments has no score column")
+    data_type = columns["score"]
     if data_type in _FLOAT_TYPES:
         raise TypeError(
             f"staging.current_assessments.score is {data_type}: thresholds are compared "

@@ -54,7 +54,10 @@ class ExportResult:
         return next((t for t in self.tables if t.table == name), None)
 
 
-def _read_all(export: ExportFolder, faults: list[FileFault]) -> dict[str, TableRead]:
+def _read_all(export: ExportFolder, faults: list[FileFault],
+              rows_read: dict[str, int | None]) -> dict[str, TableRead]:
+    """Read every table file; file faults go to ``faults``, and ``rows_read`` gets the rows
+    of every file that could be read (None when not at all), blocked or not."""
     reads: dict[str, TableRead] = {}
     for table, files in export.duplicate_table_files.items():
         faults.append(FileFault(export.export_id, ", ".join(f.name for f in files), None,
@@ -68,6 +71,9 @@ def _read_all(export: ExportFolder, faults: list[FileFault]) -> dict[str, TableR
             reads[contract.name] = read_table_file(files[0], contract, export.export_id)
         except ExportBlocked as blocked:
             faults.extend(blocked.faults)
+            rows_read[contract.name] = blocked.rows_read
+            continue
+        rows_read[contract.name] = reads[contract.name].rows_read
     return reads
 
 
@@ -98,8 +104,7 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     result = ExportResult(export.export_id, "accepted", digest)
     manifest, manifest_fault = read_manifest(export)
     faults = [manifest_fault] if manifest_fault else []
-    reads = _read_all(export, faults)
-    result.rows_read = {t: r.rows_read for t, r in reads.items()}
+    reads = _read_all(export, faults, result.rows_read)
     faults += _manifest_faults(export, manifest, reads)
     gx = GxSession(docs_root / export.export_id if docs_root else None)
     for read in reads.values():

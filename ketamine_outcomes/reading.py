@@ -170,7 +170,8 @@ def read_table_file(path: Path, contract: TableContract, export_id: str) -> Tabl
             hint = " (the file seems to use a delimiter other than ',')"
         raise ExportBlocked(
             [FileFault(export_id, path.name, c, "missing_column",
-                       "required column is absent" + hint) for c in missing]
+                       "required column is absent" + hint) for c in missing],
+            rows_read=frame.height,
         )
     absent = [c for c in contract.column_names if c not in frame.columns]
     unknown = [c for c in frame.columns if c not in known]

@@ -58,10 +58,12 @@ INSTRUMENTS: tuple[str, ...] = ("MADRS", "GAD7", "LSAS", "YBOCS", "NRS_PAIN", "P
 SEXES: tuple[str, ...] = ("F", "M", "X", "U")
 AGE_BANDS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75-89", "90+")
 ROUTES: tuple[str, ...] = ("IV", "IM", "IN", "SC", "ORAL", "SL", "TOPICAL")
+# fmt: off
 EVENTS: tuple[str, ...] = (
     "DISSOCIATION", "HYPERTENSION", "NAUSEA_VOMITING", "SEDATION", "ANXIETY_AGITATION",
     "HEADACHE", "DIZZINESS", "URINARY", "OTHER",
 )
+# fmt: on
 SEVERITIES: tuple[str, ...] = ("MILD", "MODERATE", "SEVERE")
 N_SITES = 6
 SITES: tuple[str, ...] = tuple(f"site_{i:02d}" for i in range(1, N_SITES + 1))
@@ -87,39 +89,57 @@ IND_W = np.array([0.45, 0.12, 0.07, 0.08, 0.16, 0.12])
 SITE_W = np.array([0.26, 0.20, 0.17, 0.15, 0.12, 0.10])
 #: small between-site differences so per-site marts are not all identical (weighted mean ~0)
 SITE_OFFSET = np.array([0.04, -0.03, 0.02, -0.04, 0.01, -0.02])
-SEX_W = np.array([
-    [0.60, 0.38, 0.01, 0.01], [0.64, 0.34, 0.01, 0.01], [0.52, 0.46, 0.01, 0.01],
-    [0.52, 0.46, 0.01, 0.01], [0.72, 0.26, 0.01, 0.01], [0.45, 0.53, 0.01, 0.01],
-])
+# fmt: off  (parameter tables read best as matrices)
+SEX_W = np.array(
+    [
+        [0.60, 0.38, 0.01, 0.01],
+        [0.64, 0.34, 0.01, 0.01],
+        [0.52, 0.46, 0.01, 0.01],
+        [0.52, 0.46, 0.01, 0.01],
+        [0.72, 0.26, 0.01, 0.01],
+        [0.45, 0.53, 0.01, 0.01],
+    ]
+)
 _AGE_PSY = [0.09, 0.22, 0.23, 0.20, 0.15, 0.08, 0.028, 0.002]
 _AGE_YOUNG = [0.15, 0.30, 0.24, 0.16, 0.09, 0.04, 0.009, 0.001]
-AGE_W = np.array([
-    _AGE_PSY, _AGE_PSY, _AGE_YOUNG, _AGE_YOUNG,
-    [0.04, 0.15, 0.22, 0.25, 0.20, 0.10, 0.038, 0.002],
-    [0.005, 0.03, 0.08, 0.18, 0.30, 0.27, 0.13, 0.005],
-])
+AGE_W = np.array(
+    [
+        _AGE_PSY,
+        _AGE_PSY,
+        _AGE_YOUNG,
+        _AGE_YOUNG,
+        [0.04, 0.15, 0.22, 0.25, 0.20, 0.10, 0.038, 0.002],
+        [0.005, 0.03, 0.08, 0.18, 0.30, 0.27, 0.13, 0.005],
+    ]
+)
 #: route mix per indication (IV dominant; IN = esketamine for MDD)
-ROUTE_W = np.array([
-    [0.60, 0.06, 0.25, 0.02, 0.04, 0.03, 0.00],
-    [0.70, 0.10, 0.05, 0.03, 0.05, 0.07, 0.00],
-    [0.70, 0.10, 0.05, 0.02, 0.05, 0.08, 0.00],
-    [0.84, 0.08, 0.00, 0.02, 0.04, 0.02, 0.00],
-    [0.86, 0.03, 0.00, 0.04, 0.03, 0.00, 0.04],
-    [0.60, 0.05, 0.00, 0.05, 0.15, 0.00, 0.15],
-])
+ROUTE_W = np.array(
+    [
+        [0.60, 0.06, 0.25, 0.02, 0.04, 0.03, 0.00],
+        [0.70, 0.10, 0.05, 0.03, 0.05, 0.07, 0.00],
+        [0.70, 0.10, 0.05, 0.02, 0.05, 0.08, 0.00],
+        [0.84, 0.08, 0.00, 0.02, 0.04, 0.02, 0.00],
+        [0.86, 0.03, 0.00, 0.04, 0.03, 0.00, 0.04],
+        [0.60, 0.05, 0.00, 0.05, 0.15, 0.00, 0.15],
+    ]
+)
 #: adverse-event probability per session, rows = route, columns = EVENTS
-AE_P = np.array([
-    [0.25, 0.06, 0.07, 0.05, 0.03, 0.05, 0.06, 0.003, 0.01],
-    [0.28, 0.06, 0.08, 0.06, 0.03, 0.05, 0.06, 0.003, 0.01],
-    [0.30, 0.08, 0.10, 0.07, 0.03, 0.06, 0.10, 0.002, 0.01],
-    [0.18, 0.04, 0.06, 0.05, 0.02, 0.04, 0.05, 0.002, 0.01],
-    [0.05, 0.01, 0.06, 0.06, 0.02, 0.03, 0.04, 0.005, 0.01],
-    [0.07, 0.01, 0.05, 0.06, 0.02, 0.03, 0.04, 0.005, 0.01],
-    [0.00, 0.00, 0.00, 0.005, 0.00, 0.005, 0.005, 0.00, 0.01],
-], dtype=np.float32)
+AE_P = np.array(
+    [
+        [0.25, 0.06, 0.07, 0.05, 0.03, 0.05, 0.06, 0.003, 0.01],
+        [0.28, 0.06, 0.08, 0.06, 0.03, 0.05, 0.06, 0.003, 0.01],
+        [0.30, 0.08, 0.10, 0.07, 0.03, 0.06, 0.10, 0.002, 0.01],
+        [0.18, 0.04, 0.06, 0.05, 0.02, 0.04, 0.05, 0.002, 0.01],
+        [0.05, 0.01, 0.06, 0.06, 0.02, 0.03, 0.04, 0.005, 0.01],
+        [0.07, 0.01, 0.05, 0.06, 0.02, 0.03, 0.04, 0.005, 0.01],
+        [0.00, 0.00, 0.00, 0.005, 0.00, 0.005, 0.005, 0.00, 0.01],
+    ],
+    dtype=np.float32,
+)
 #: continuous (inpatient, >= 8 h) CRPS infusion days: more nausea, dreams/hallucinations (OTHER)
-AE_P_CONTINUOUS = np.array([0.30, 0.05, 0.15, 0.10, 0.04, 0.08, 0.05, 0.02, 0.05],
-                           dtype=np.float32)
+AE_P_CONTINUOUS = np.array([0.30, 0.05, 0.15, 0.10, 0.04, 0.08, 0.05, 0.02, 0.05], dtype=np.float32)
+# fmt: on
+AE_TABLE = np.vstack([AE_P, AE_P_CONTINUOUS])  # row = route code, or len(ROUTES) = continuous
 
 #: follow-up visits: nominal day, jitter, attendance probability, how much of the eventual
 #: partial improvement is already present (ketamine acts within a day, so the ramp is short)
@@ -140,11 +160,12 @@ FOLLOW_AFTER = 180.0
 FIRST_SHARE = 0.6
 LOOKBACK = 42.0
 LAST_EXPORT_AT = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
-CHUNK = 250_000  # constant: the random streams (and so the bytes) depend on it
+CHUNK = 65_536  # constant: the random streams (and so the bytes) depend on it
 
 # ---------------------------------------------------------------------------------------------
 # Output schemas (Parquet types; CSV writes the same columns as text)
 # ---------------------------------------------------------------------------------------------
+# fmt: off
 SCHEMAS: dict[str, pa.Schema] = {
     "patients": pa.schema([
         ("patient_id", pa.string()), ("site_id", pa.string()), ("indication", pa.string()),
@@ -166,6 +187,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# fmt: on
 # ---------------------------------------------------------------------------------------------
 # Small vectorised helpers
 # ---------------------------------------------------------------------------------------------
@@ -186,15 +208,15 @@ def _pick(rng: np.random.Generator, weights: Sequence[float] | FloatArray, n: in
 GRAN = np.array([10, 5, 1])  # NRS recorded in whole points, halves or tenths
 
 
-def _quantize(
-    rng: np.random.Generator, units: IntArray, is_nrs: BoolArray, up: bool
-) -> IntArray:
+def _quantize(rng: np.random.Generator, units: IntArray, is_nrs: BoolArray, up: bool) -> IntArray:
     """Snap NRS tenths to whole points (65 %), halves (25 %) or leave tenths (10 %).
 
     Rounding goes away from the response cut-off (down for responses, up for
     non-responses), so the status decided before quantisation is kept exactly.
     """
-    gran = np.where(is_nrs, GRAN[_pick(rng, [0.65, 0.25, 0.10], units.size)], 1)
+    gran = np.ones_like(units)
+    nrs = np.flatnonzero(is_nrs)
+    gran[nrs] = GRAN[_pick(rng, [0.65, 0.25, 0.10], nrs.size)]
     if up:
         return -((-units) // gran) * gran
     return (units // gran) * gran
@@ -265,8 +287,13 @@ def _perturbed(rng: np.random.Generator, b: IntArray, inst: IntArray) -> IntArra
 
 
 def _followup_scores(
-    rng: np.random.Generator, inst: IntArray, b: IntArray, meets: BoolArray,
-    part: FloatArray, depth: FloatArray, ramp: FloatArray,
+    rng: np.random.Generator,
+    inst: IntArray,
+    b: IntArray,
+    meets: BoolArray,
+    part: FloatArray,
+    depth: FloatArray,
+    ramp: FloatArray,
 ) -> IntArray:
     """Scores (one per row) on the requested side of the exact response cut-off.
 
@@ -276,18 +303,22 @@ def _followup_scores(
     ``[cut+1, max]`` from a partial-improvement trajectory (``part`` of the threshold,
     reached along ``ramp``; negative ``part`` = worsening).
     """
-    n = len(inst)
     thr = INST_THR[inst]
-    imax = INST_MAX[inst]
     cut = ((100 - thr) * b) // 100
-    is_nrs = inst == NRS
-    d = np.clip(depth + rng.normal(0.0, 0.08, n), 0.0, 0.95)
-    resp = _quantize(rng, np.floor(cut * (1.0 - d)).astype(np.int64), is_nrs, up=False)
-    resp = np.where(rng.random(n) < 0.06, cut, resp)
-    r = np.clip(part * (thr / 100.0) * ramp + rng.normal(0.0, 0.06, n), -0.25, thr / 100.0)
-    nonresp = np.clip(np.ceil(b * (1.0 - r)).astype(np.int64), cut + 1, imax)
-    nonresp = np.clip(_quantize(rng, nonresp, is_nrs, up=True), cut + 1, imax)
-    return np.where(meets, resp, nonresp)
+    out = np.empty(len(inst), dtype=np.int64)
+    m = np.flatnonzero(meets)
+    cm = cut[m]
+    d = np.clip(depth[m] + 0.08 * rng.standard_normal(m.size, dtype=np.float32), 0.0, 0.95)
+    resp = _quantize(rng, np.floor(cm * (1.0 - d)).astype(np.int64), inst[m] == NRS, up=False)
+    out[m] = np.where(rng.random(m.size, dtype=np.float32) < 0.06, cm, resp)
+    q = np.flatnonzero(~meets)
+    tq = thr[q] / 100.0
+    r = part[q] * tq * ramp[q] + 0.06 * rng.standard_normal(q.size, dtype=np.float32)
+    r = np.clip(r, -0.25, tq)
+    lo, hi = cut[q] + 1, INST_MAX[inst[q]]
+    nonresp = np.clip(np.ceil(b[q] * (1.0 - r)).astype(np.int64), lo, hi)
+    out[q] = np.clip(_quantize(rng, nonresp, inst[q] == NRS, up=True), lo, hi)
+    return out
 
 
 def _stratified_status(
@@ -312,8 +343,9 @@ def _stratified_status(
     return status
 
 
-def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: int,
-              horizon: float) -> _Chunk:
+def _simulate(
+    rng: np.random.Generator, first: int, n: int, n_total: int, seed: int, horizon: float
+) -> _Chunk:
     """Simulate patients ``first .. first+n-1``: attributes, treatments, ratings, events."""
     ch = _Chunk()
     ar = np.arange(n)
@@ -325,8 +357,12 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     start = ch.start
     ind = _pick(rng, IND_W, n)
     site = _pick(rng, SITE_W, n)
-    ch.patients = {"site": site, "ind": ind, "sex": _pick_rows(rng, SEX_W[ind]),
-                   "age": _pick_rows(rng, AGE_W[ind])}
+    ch.patients = {
+        "site": site,
+        "ind": ind,
+        "sex": _pick_rows(rng, SEX_W[ind]),
+        "age": _pick_rows(rng, AGE_W[ind]),
+    }
     treated = rng.random(n) >= 0.01  # ~1 % screened but never dosed ("no administration")
     weight = np.clip(rng.normal(82.0, 19.0, n), 45.0, 150.0)  # kg, not exported
 
@@ -350,14 +386,23 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     multi = treated & (ind == CRPS) & (route == IV) & (rng.random(n) < 0.55)
     continuous = multi & (rng.random(n) < 0.55)
     planned = np.where(esk, 8, np.where(multi, rng.integers(3, 6, n), 6))
-    std_days = np.column_stack([
-        np.zeros(n, np.int64), rng.integers(2, 5, n), np.full(n, 7), rng.integers(9, 12, n),
-        np.full(n, 14), rng.integers(17, 22, n), np.zeros((n, 2), np.int64),
-    ])
+    std_days = np.column_stack(
+        [
+            np.zeros(n, np.int64),
+            rng.integers(2, 5, n),
+            np.full(n, 7),
+            rng.integers(9, 12, n),
+            np.full(n, 14),
+            rng.integers(17, 22, n),
+            np.zeros((n, 2), np.int64),
+        ]
+    )
     esk_days = np.array([0, 3, 7, 10, 14, 17, 21, 24]) + rng.integers(0, 2, (n, 8)) * (
-        np.array([0, 1, 0, 1, 0, 1, 0, 1]))
-    ind_days = np.where(esk[:, None], esk_days,
-                        np.where(multi[:, None], np.arange(N_IND_SLOTS), std_days))
+        np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    )
+    ind_days = np.where(
+        esk[:, None], esk_days, np.where(multi[:, None], np.arange(N_IND_SLOTS), std_days)
+    )
     u = rng.random(n)
     stop_first = treated & (u < 0.175)
     early = treated & (u >= 0.175) & (u < 0.275)
@@ -366,14 +411,19 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     completed = treated & ~stop_first & ~early
     last_ind_day = ind_days[ar, np.maximum(n_att - 1, 0)]
     h_first = np.array([1, 3, 7, 10, 35])[_pick(rng, [0.25, 0.2, 0.3, 0.1, 0.15], n)]
-    horizon_fu = np.where(stop_first, h_first,
-                          np.where(early, last_ind_day + rng.integers(3, 15, n), 10_000))
+    horizon_fu = np.where(
+        stop_first, h_first, np.where(early, last_ind_day + rng.integers(3, 15, n), 10_000)
+    )
 
     # ---- follow-up visits and the endpoint ------------------------------------------------
-    jitter = rng.random((n, N_FU), dtype=np.float32) * (FU_JIT_HI - FU_JIT_LO + 1)
-    fu_day = FU_DAYS + FU_JIT_LO + jitter.astype(np.int64)
-    seen = ((rng.random((n, N_FU), dtype=np.float32) < FU_ATTEND) & treated[:, None]
-            & (start[:, None] + fu_day <= horizon))
+    width = FU_JIT_HI - FU_JIT_LO + 1  # float32 u * width may round up to width: clamp
+    jitter = (rng.random((n, N_FU), dtype=np.float32) * width).astype(np.int64)
+    fu_day = FU_DAYS + FU_JIT_LO + np.minimum(jitter, width - 1)
+    seen = (
+        (rng.random((n, N_FU), dtype=np.float32) < FU_ATTEND)
+        & treated[:, None]
+        & (start[:, None] + fu_day <= horizon)
+    )
     pre = seen & (fu_day <= horizon_fu[:, None])
     in_win = pre[:, 4:6] & (fu_day[:, 4:6] >= 21) & (fu_day[:, 4:6] <= 35)
     has_end = in_win.any(axis=1)
@@ -413,34 +463,51 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     a_obs = np.concatenate([np.column_stack([old, screen, ~no_base]), fu_obs], axis=1)
     a_obs &= start[:, None] + a_day <= horizon
     phq_obs = a_obs & phq[:, None] & (rng.random(a_obs.shape, dtype=np.float32) >= 0.05)
-    rows, cols, which = np.nonzero(np.stack([a_obs, phq_obs], axis=2))
+    width = a_day.shape[1]
+    flat = np.flatnonzero(np.stack([a_obs, phq_obs], axis=2))
+    rows, rest = np.divmod(flat, 2 * width)
+    cols, which = np.divmod(rest, 2)
     is_phq = which == 1
     inst_rows = np.where(is_phq, PHQ9, prim[rows])
     b_rows = np.where(is_phq, b_phq[rows], b[rows])
-    slot = cols - 3
-    meets = (slot >= on[rows]) & (slot < off[rows])  # baseline slots (< 0) never "meet"
-    meets ^= is_phq & (slot >= 0) & (rng.random(len(rows)) < 0.12)  # PHQ9 agrees ~88 %
-    units = _followup_scores(rng, inst_rows, b_rows, meets, part[rows], depth[rows],
-                             FU_RAMP[np.maximum(slot, 0)])
-    units = np.where(slot >= 0, units,
-                     np.where(cols == 2, b_rows, _perturbed(rng, b_rows, inst_rows)))
+    units = np.empty(flat.size, dtype=np.int64)
+    f = np.flatnonzero(cols >= 3)  # follow-up rows
+    fr, fs = rows[f], cols[f] - 3
+    meets = (fs >= on[fr]) & (fs < off[fr])
+    meets ^= is_phq[f] & (rng.random(f.size, dtype=np.float32) < 0.12)  # PHQ9 agrees ~88 %
+    units[f] = _followup_scores(
+        rng, inst_rows[f], b_rows[f], meets, part[fr], depth[fr], FU_RAMP[fs]
+    )
+    g = np.flatnonzero(cols < 3)  # old / screening / baseline rows
+    units[g] = np.where(cols[g] == 2, b_rows[g], _perturbed(rng, b_rows[g], inst_rows[g]))
     ch.tables["assessments"] = {
-        "pidx": rows, "day": a_day[rows, cols], "inst": inst_rows, "units": units,
+        "pidx": rows,
+        "day": a_day.ravel()[rows * width + cols],
+        "inst": inst_rows,
+        "units": units,
     }
 
     # ---- treatments ------------------------------------------------------------------------
     t_day_m = np.concatenate([ind_days, m_day], axis=1)
     t_obs = np.concatenate([np.arange(N_IND_SLOTS) < n_att[:, None], m_obs], axis=1)
     t_obs &= start[:, None] + t_day_m <= horizon
-    session = np.cumsum(t_obs, axis=1)
-    r, s = np.nonzero(t_obs)
+    width = t_obs.shape[1]
+    flat = np.flatnonzero(t_obs)
+    r, s = np.divmod(flat, width)
+    t_day = t_day_m.ravel()[flat]
+    session = np.cumsum(t_obs, axis=1, dtype=np.int32).ravel()[flat]
     is_m = s >= N_IND_SLOTS
     k = np.where(is_m, n_att[r] - 1, s)  # dose level: maintenance stays at the last level
     rt = route[r]
     pain = ind[r] >= CRPS
-    mgkg_std = np.round(np.minimum(1.0, np.array([0.5, 0.5, 0.6, 0.7, 0.75, 0.8])[
-        _pick(rng, [1] * 6, n)][r] + np.array([0.0, 0.05, 0.1])[_pick(rng, [1] * 3, n)][r] * k),
-        2)
+    mgkg_std = np.round(
+        np.minimum(
+            1.0,
+            np.array([0.5, 0.5, 0.6, 0.7, 0.75, 0.8])[_pick(rng, [1] * 6, n)][r]
+            + np.array([0.0, 0.05, 0.1])[_pick(rng, [1] * 3, n)][r] * k,
+        ),
+        2,
+    )
     dur_psy = np.where(rng.random(n) < 0.9, 40, np.array([45, 50, 60])[_pick(rng, [1] * 3, n)])
     dur_pain = np.array([60, 90, 120, 240])[_pick(rng, [0.2, 0.2, 0.3, 0.3], n)]
     # CRPS multi-day: daily 4-h outpatient infusions or a continuous inpatient infusion that
@@ -452,10 +519,14 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     cont_min = np.where(s == 0, first_min, np.where(s == planned[r] - 1, last_min, 1440))
     is_cont = continuous[r] & ~is_m
     is_multi = multi[r]
-    mgkg = np.where(is_cont, np.round(rate_cont * cont_min / 60.0, 2),
-                    np.where(is_multi, np.round(rate_out[r] * 4.0, 2), mgkg_std))
-    duration = np.where(is_cont, cont_min,
-                        np.where(is_multi, 240, np.where(pain, dur_pain[r], dur_psy[r])))
+    mgkg = np.where(
+        is_cont,
+        np.round(rate_cont * cont_min / 60.0, 2),
+        np.where(is_multi, np.round(rate_out[r] * 4.0, 2), mgkg_std),
+    )
+    duration = np.where(
+        is_cont, cont_min, np.where(is_multi, 240, np.where(pain, dur_pain[r], dur_psy[r]))
+    )
     esk_dose = np.where((rng.random(n) < 0.7)[r] & (k >= 2), 84.0, 56.0)
     in_dose = np.array([50.0, 75.0, 100.0])[_pick(rng, [1] * 3, n)][r]
     oral_dose = np.array([50.0, 100.0, 150.0, 200.0, 250.0, 300.0])[_pick(rng, [1] * 6, n)][r]
@@ -467,18 +538,29 @@ def _simulate(rng: np.random.Generator, first: int, n: int, n_total: int, seed: 
     dose_mg = np.where(rt == ORAL, oral_dose, np.where(rt == SL, sl_dose, dose_mg))
     dose_mg = np.where(rt == TOPICAL, top_dose, dose_mg)
     ch.tables["treatments"] = {
-        "pidx": r, "day": t_day_m[r, s], "session": session[r, s], "route": rt,
-        "dose_mg": dose_mg, "mgkg": np.where(weighted, mgkg, np.nan),
+        "pidx": r,
+        "day": t_day,
+        "session": session,
+        "route": rt,
+        "dose_mg": dose_mg,
+        "mgkg": np.where(weighted, mgkg, np.nan),
         "duration": np.where(rt == IV, duration, 0),
     }
 
     # ---- adverse events on session days -----------------------------------------------------
-    probs = np.where((is_cont & (duration >= 480))[:, None], AE_P_CONTINUOUS, AE_P[rt])
-    er, ev = np.nonzero(rng.random(probs.shape, dtype=np.float32) < probs)
+    # one Bernoulli column per event type (loop over the 9 events, not over rows)
+    ae_kind = np.where(is_cont & (duration >= 480), len(ROUTES), rt)
+    hit = np.empty((len(r), len(EVENTS)), dtype=bool)
+    for e in range(len(EVENTS)):
+        hit[:, e] = rng.random(len(r), dtype=np.float32) < AE_TABLE[ae_kind, e]
+    er, ev = np.nonzero(hit)
     sev = _pick(rng, [0.72, 0.24, 0.04], len(er))
     serious = ((sev == 2) & (rng.random(len(er)) < 0.12)) | (rng.random(len(er)) < 0.0005)
     ch.tables["adverse_events"] = {
-        "pidx": r[er], "day": t_day_m[r[er], s[er]], "event": ev, "severity": sev,
+        "pidx": r[er],
+        "day": t_day[er],
+        "event": ev,
+        "severity": sev,
         "serious": serious,
     }
     return ch
@@ -496,22 +578,26 @@ def _export_times(n_exports: int) -> list[float]:
     return [first + (last - first) * k / (n_exports - 1) for k in range(n_exports)]
 
 
+#: every possible score as text and as float, indexed by units (+ offset for NRS tenths);
+#: whole numbers print without a spurious ".0", NRS with its one decimal when it has one
+_NRS_OFFSET = int(INST_MAX.max()) + 1
+SCORE_TEXT: tuple[str, ...] = tuple(str(u) for u in range(_NRS_OFFSET)) + tuple(
+    f"{t // 10}" if t % 10 == 0 else f"{t // 10}.{t % 10}" for t in range(101)
+)
+SCORE_FLOAT = np.array([float(t) for t in SCORE_TEXT])
+
+
 def _score_column(units: IntArray, inst: IntArray, as_text: bool) -> pl.Series:
-    """Scores: whole numbers, NRS with one decimal; CSV text never shows a spurious ``.0``."""
-    u = pl.Series("u", units)
-    nrs = pl.Series("n", inst == NRS)
-    if not as_text:
-        return pl.Series("score", np.where(inst == NRS, units / 10.0, units.astype(np.float64)))
-    whole = (u // 10).cast(pl.String)
-    text = pl.select(
-        pl.when(nrs & (u % 10 != 0)).then(whole + "." + (u % 10).cast(pl.String))
-        .when(nrs).then(whole).otherwise(u.cast(pl.String))
-    ).to_series()
-    return text.alias("score")
+    """Score column via a lookup (text for CSV, float for Parquet): exact and fast."""
+    code = np.where(inst == NRS, units + _NRS_OFFSET, units)
+    if as_text:
+        return _strings(SCORE_TEXT, code, "score")
+    return pl.Series("score", SCORE_FLOAT[code])
 
 
-def _frames(ch: _Chunk, lo: float, hi: float, as_text: bool,
-            with_ae: bool) -> dict[str, pl.DataFrame]:
+def _frames(
+    ch: _Chunk, lo: float, hi: float, as_text: bool, with_ae: bool
+) -> dict[str, pl.DataFrame]:
     """Rows of one chunk whose calendar date falls in ``(lo, hi]``, as output frames."""
     frames: dict[str, pl.DataFrame] = {}
     present = np.zeros(len(ch.start), dtype=bool)
@@ -527,33 +613,49 @@ def _frames(ch: _Chunk, lo: float, hi: float, as_text: bool,
         day = pl.Series("day", t["day"][sel].astype(np.int32))
         if name == "treatments":
             dur = t["duration"][sel]
-            frames[name] = pl.DataFrame([
-                pid, day, pl.Series("session_number", t["session"][sel].astype(np.int32)),
-                _strings(ROUTES, t["route"][sel], "route"),
-                pl.Series("dose_mg", t["dose_mg"][sel], nan_to_null=True),
-                pl.Series("dose_mg_per_kg", t["mgkg"][sel], nan_to_null=True),
-                pl.Series("duration_min", np.where(dur > 0, dur, np.nan),
-                          nan_to_null=True).cast(pl.Int32),
-            ])
+            frames[name] = pl.DataFrame(
+                [
+                    pid,
+                    day,
+                    pl.Series("session_number", t["session"][sel].astype(np.int32)),
+                    _strings(ROUTES, t["route"][sel], "route"),
+                    pl.Series("dose_mg", t["dose_mg"][sel], nan_to_null=True),
+                    pl.Series("dose_mg_per_kg", t["mgkg"][sel], nan_to_null=True),
+                    pl.Series(
+                        "duration_min", np.where(dur > 0, dur, np.nan), nan_to_null=True
+                    ).cast(pl.Int32),
+                ]
+            )
         elif name == "assessments":
             inst = t["inst"][sel]
-            frames[name] = pl.DataFrame([
-                pid, _strings(INSTRUMENTS, inst, "instrument"), day,
-                _score_column(t["units"][sel], inst, as_text),
-            ])
+            frames[name] = pl.DataFrame(
+                [
+                    pid,
+                    _strings(INSTRUMENTS, inst, "instrument"),
+                    day,
+                    _score_column(t["units"][sel], inst, as_text),
+                ]
+            )
         else:
-            frames[name] = pl.DataFrame([
-                pid, day, _strings(EVENTS, t["event"][sel], "event"),
-                _strings(SEVERITIES, t["severity"][sel], "severity"),
-                pl.Series("serious", t["serious"][sel]),
-            ])
+            frames[name] = pl.DataFrame(
+                [
+                    pid,
+                    day,
+                    _strings(EVENTS, t["event"][sel], "event"),
+                    _strings(SEVERITIES, t["severity"][sel], "severity"),
+                    pl.Series("serious", t["serious"][sel]),
+                ]
+            )
     pat = np.flatnonzero(present)
-    frames["patients"] = pl.DataFrame([
-        ch.pid.gather(pat), _strings(SITES, ch.patients["site"][pat], "site_id"),
-        _strings(INDICATIONS, ch.patients["ind"][pat], "indication"),
-        _strings(SEXES, ch.patients["sex"][pat], "sex"),
-        _strings(AGE_BANDS, ch.patients["age"][pat], "age_band"),
-    ])
+    frames["patients"] = pl.DataFrame(
+        [
+            ch.pid.gather(pat),
+            _strings(SITES, ch.patients["site"][pat], "site_id"),
+            _strings(INDICATIONS, ch.patients["ind"][pat], "indication"),
+            _strings(SEXES, ch.patients["sex"][pat], "sex"),
+            _strings(AGE_BANDS, ch.patients["age"][pat], "age_band"),
+        ]
+    )
     return frames
 
 
@@ -572,9 +674,11 @@ class _Sink:
         else:
             self._raw = path.open("wb")
             # filename="" and mtime=0: the gzip header must not depend on the path or clock
-            self._text = (gzip.GzipFile(filename="", mode="wb", fileobj=self._raw,
-                                        compresslevel=6, mtime=0)
-                          if fmt == "csv.gz" else self._raw)
+            self._text = (
+                gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=1, mtime=0)
+                if fmt == "csv.gz"
+                else self._raw
+            )
             self._text.write((",".join(schema.names) + "\n").encode())
 
     def write(self, df: pl.DataFrame) -> None:
@@ -601,9 +705,14 @@ class _Sink:
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
-def generate_landing(out_dir: Path, n_patients: int = 3000, seed: int = 20261126,
-                     n_exports: int = 3, formats: tuple[str, ...] = FORMATS,
-                     with_adverse_events: bool = True) -> list[Path]:
+def generate_landing(
+    out_dir: Path,
+    n_patients: int = 3000,
+    seed: int = 20261126,
+    n_exports: int = 3,
+    formats: tuple[str, ...] = FORMATS,
+    with_adverse_events: bool = True,
+) -> list[Path]:
     """Write n_exports export folders under out_dir; return their paths in name order.
 
     Export ``k`` (folder ``network-<YYYYMMDDTHHMM>``) holds every row observed up to its
@@ -653,8 +762,11 @@ def generate_landing(out_dir: Path, n_patients: int = 3000, seed: int = 20261126
             for s in sink.values():
                 s.close()
     for (path, _, at, _, _), sink in zip(exports, sinks, strict=True):
-        manifest = {"source": SOURCE, "exported_at": at.isoformat(),
-                    "row_counts": {t: sink[t].rows for t in tables}}
+        manifest = {
+            "source": SOURCE,
+            "exported_at": at.isoformat(),
+            "row_counts": {t: sink[t].rows for t in tables},
+        }
         (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return sorted(p for p, _, _, _, _ in exports)
 
@@ -666,19 +778,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=20261126)
     ap.add_argument("--exports", type=int, default=3)
-    ap.add_argument("--formats", default=",".join(FORMATS),
-                    help="comma-separated rotation of csv, csv.gz, parquet")
+    ap.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help="comma-separated rotation of csv, csv.gz, parquet",
+    )
     ap.add_argument("--no-adverse-events", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    paths = generate_landing(args.out, n_patients=args.patients, seed=args.seed,
-                             n_exports=args.exports,
-                             formats=tuple(f.strip() for f in args.formats.split(",")),
-                             with_adverse_events=not args.no_adverse_events)
+    paths = generate_landing(
+        args.out,
+        n_patients=args.patients,
+        seed=args.seed,
+        n_exports=args.exports,
+        formats=tuple(f.strip() for f in args.formats.split(",")),
+        with_adverse_events=not args.no_adverse_events,
+    )
     for p in paths:
         print(p)
-    print(f"{args.patients} patients, {len(paths)} exports in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
+    print(
+        f"{args.patients} patients, {len(paths)} exports in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -324,9 +324,7 @@ def _time_to_response(
         GROUP BY ALL
         """
     ).pl()
-    days_by_stratum = {
-        key: group for key, group in per_day.partition_by(_KEYS_TTR, as_dict=True).items()
-    }
+    days_by_stratum = per_day.partition_by(_KEYS_TTR, as_dict=True)
     responders_by_stratum = {
         tuple(row[k] for k in _KEYS_TTR): row for row in responders.iter_rows(named=True)
     }

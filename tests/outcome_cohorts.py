@@ -184,3 +184,26 @@ def random_cohort(
             scores=scores,
         )
     return cohort
+
+
+# Every column of marts.md (v1), to check the catalog describes all of them.
+MARTS_MD_COLUMNS = {
+    "response_rates": """indication instrument endpoint population stratum stratum_value
+        n_patients n_responders response_rate response_ci_low response_ci_high n_remitters
+        remission_rate remission_ci_low remission_ci_high response_definition
+        remission_definition ci_method suppressed""",
+    "time_to_response": """indication instrument stratum stratum_value n_patients n_responders
+        n_censored median_days median_ci_low median_ci_high cum_response_d1 cum_response_d7
+        cum_response_d14 cum_response_d28 cum_response_d84 max_followup_day
+        responders_median_days responders_q1_days responders_q3_days responders_median_sessions
+        ci_method suppressed""",
+    "time_to_response_curve": "indication instrument day cum_response ci_low ci_high n_at_risk",
+    "indication_tests": "test endpoint instrument_family indications statistic df p_value "
+    "exploratory",
+    "attrition": "indication instrument analysis reason n_patients suppressed",
+    "safety_events": """indication route dose_band event n_sessions n_events
+        events_per_100_sessions n_patients n_patients_with_event patient_event_rate
+        patient_event_ci_low patient_event_ci_high n_serious suppressed""",
+    "data_quality": """export_id status table_name rows_read rows_accepted rows_quarantined
+        rows_duplicate blocked blocking_reason exported_at validated_at""",
+}

@@ -14,7 +14,6 @@ from typing import Any
 
 import duckdb
 import pytest
-from outcome_cohorts import PRIMARY, Cohort, derived, random_cohort
 
 from ketamine_outcomes.derivation import (
     ATTRITION_REASONS,
@@ -22,6 +21,7 @@ from ketamine_outcomes.derivation import (
     derive_patient_outcomes,
 )
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions, load_definitions
+from tests.outcome_cohorts import PRIMARY, Cohort, derived, random_cohort
 
 
 @pytest.fixture(scope="module")

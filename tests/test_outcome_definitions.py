@@ -113,7 +113,8 @@ def test_every_key_change_changes_the_version(tmp_path: Path):
 
 def test_equal_values_written_differently_keep_the_version(tmp_path: Path):
     # 50 and 50.0 are the same threshold: canonical decimals, same version
-    same = write(tmp_path, "instruments: {MADRS: {response_reduction_pct: 50.0}}\nmin_cell_size: 11")
+    text = "instruments: {MADRS: {response_reduction_pct: 50.0}}\nmin_cell_size: 11"
+    same = write(tmp_path, text)
     assert load_definitions(same).definition_version == load_definitions().definition_version
 
 
