@@ -391,7 +391,8 @@ def test_catalog_describes_every_mart_and_column(table: str):
     assert set(catalog) == set(MARTS_MD_COLUMNS)
     entry = catalog[table]
     expected = set(MARTS_MD_COLUMNS[table].split()) | set(COMMON_COLUMNS)
-    assert set(entry["columns"]) == expected
+    # marts.md allows added columns; every marts.md column must be described
+    assert expected <= set(entry["columns"])
     for text in [entry["description"], *entry["columns"].values()]:
         assert isinstance(text, str) and text.strip() and "\n" not in text
         # one sentence: ends with a period, no sentence break inside (e.g. "1 - S(t)." only)
