@@ -40,7 +40,9 @@ def landing_exports(context: AssetExecutionContext,
                 warehouse.record_waiting(con, export.export_id, export.status,
                                          export.reason or "", now)
                 context.log.warning(f"export {export.export_id}: {export.status} — {export.reason}")
-        warehouse.forget_waiting_not_present(con, [e.export_id for e in found])
+        # a folder that is complete now is no longer waiting (its stale incomplete row goes)
+        warehouse.forget_waiting_not_present(
+            con, [e.export_id for e in found if e.status != "complete"])
     complete = [e.export_id for e in found if e.status == "complete"]
     new = [e for e in complete if not context.instance.has_dynamic_partition(
         export_partitions.name, e)]

@@ -14,6 +14,7 @@ from dagster import (
 
 from ketamine_outcomes.outcome_definitions import load_definitions
 from ketamine_outcomes.publish import build_data_quality, publish_marts
+from ketamine_outcomes.safety import build_safety_events, unattributed_events
 from ketamine_outcomes.summaries import build_outcome_marts
 from pipelines.resources import OutcomesWarehouse
 
@@ -29,6 +30,9 @@ MART_DESCRIPTIONS = {
     "indication_tests": "Exploratory log-rank and chi-square/Fisher comparisons across "
                         "indications.",
     "attrition": "Why patients are not in each analysis, per indication x instrument.",
+    "safety_events": "Adverse events per 100 sessions and patient event rates (Wilson CI) per "
+                     "indication x route x dose band of the session the event followed x "
+                     "event type; empty when no export carried adverse events.",
     "data_quality": "Row accounting and status of every export seen (accepted, blocked, "
                     "incomplete, refused).",
 }
@@ -57,6 +61,9 @@ def analyst_marts(context: AssetExecutionContext, outcomes_warehouse: OutcomesWa
     with outcomes_warehouse.internal() as con:
         counts = build_outcome_marts(con, defs, context.run_id, built_at,
                                      source_schema="derived", target_schema="build")
+        counts["safety_events"] = build_safety_events(con, defs, context.run_id, built_at,
+                                                      target_schema="build")
+        unattributed = unattributed_events(con, "build")
         counts["data_quality"] = build_data_quality(con, context.run_id, built_at,
                                                     defs.definition_version)
         publish_marts(con, MARTS, paths.warehouse)
@@ -78,4 +85,7 @@ def analyst_marts(context: AssetExecutionContext, outcomes_warehouse: OutcomesWa
         }
         if name == "response_rates":
             meta["end_of_induction_ITT_overall"] = MetadataValue.md(md)
+        if name == "safety_events":
+            # events with no administration on or before their day are not in the mart
+            meta["events_unattributed"] = unattributed
         yield MaterializeResult(asset_key=mart_key(name), metadata=meta)

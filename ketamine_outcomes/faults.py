@@ -30,7 +30,6 @@ class FileFault:
 class ExportBlocked(Exception):
     """Raised inside ingestion when a file-level rule or a de-identification rule fails."""
 
-    def __init__(self, faults: list[FileFault], rows_read: int | None = None):
+    def __init__(self, faults: list[FileFault]):
         self.faults = faults
-        self.rows_read = rows_read  # data rows read before the fault was found (None: unknown)
         super().__init__("; ".join(f.message for f in faults))

@@ -26,6 +26,7 @@ from ketamine_outcomes.validation import (
     TableValidation,
     check_column_names,
     check_identifier_values,
+    mask_identifier_headers,
     validate_table,
 )
 
@@ -71,7 +72,7 @@ def _read_all(export: ExportFolder, faults: list[FileFault],
             reads[contract.name] = read_table_file(files[0], contract, export.export_id)
         except ExportBlocked as blocked:
             faults.extend(blocked.faults)
-            rows_read[contract.name] = blocked.rows_read
+            rows_read[contract.name] = getattr(blocked, "rows_read", None)
             continue
         rows_read[contract.name] = reads[contract.name].rows_read
     return reads
@@ -99,7 +100,11 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     """Validate and stage one complete export; skip it when its content was ingested before."""
     started = time.perf_counter()
     digest = content_hash(export)
-    if not force and warehouse.ingested_hash(con, export.export_id) == digest:
+    # A blocked export is validated again even when unchanged: it is cheap, writes the same
+    # accounting, and its asset checks must keep failing (an "unchanged" result would report
+    # every check as passed).
+    if (not force and warehouse.ingested_hash(con, export.export_id) == digest
+            and warehouse.ingested_status(con, export.export_id) != "blocked"):
         return ExportResult(export.export_id, "unchanged", digest)
     result = ExportResult(export.export_id, "accepted", digest)
     manifest, manifest_fault = read_manifest(export)
@@ -108,6 +113,7 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     faults += _manifest_faults(export, manifest, reads)
     gx = GxSession(docs_root / export.export_id if docs_root else None)
     for read in reads.values():
+        faults += mask_identifier_headers(export.export_id, read)
         faults += check_column_names(export.export_id, read)
         faults += check_identifier_values(gx, export.export_id, read)
         result.warnings += [

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from data_contracts import vocabulary
+from data_contracts import table_contract, vocabulary
 
 DEFAULT_DEFINITIONS_PATH = Path(__file__).resolve().parent / "definitions.yaml"
 ENV_VAR = "OUTCOMES_DEFINITIONS"
@@ -49,12 +49,14 @@ _TOP_LEVEL_KEYS = frozenset(
         "fisher_seed",
         "safety_dose_bands",
         "safety_unknown_dose_band",
+        "safety_signals",
     }
 )
 _INSTRUMENT_KEYS = frozenset(
     {"display_name", "response_reduction_pct", "remission_max", "remission_label", "min_baseline"}
 )
 _DOSE_BAND_KEYS = frozenset({"label", "max_mg_per_kg"})
+_SAFETY_SIGNAL_KEYS = frozenset({"recent_window_days", "alpha", "thresholds_per_100_sessions"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,17 @@ class DoseBand:
 
 
 @dataclass(frozen=True)
+class SafetySignalDefinitions:
+    """Safety signal checks (``ketamine_outcomes.safety.safety_signals``): the recent window,
+    the one-sided level of the rise test and a rate ceiling per adverse-event type."""
+
+    recent_window_days: int
+    alpha: float
+    thresholds_per_100_sessions: Mapping[str, Decimal]
+    """event -> events per 100 sessions above which the recent rate fires a signal."""
+
+
+@dataclass(frozen=True)
 class OutcomeDefinitions:
     """The effective, validated outcome definitions of one run (immutable)."""
 
@@ -124,6 +137,7 @@ class OutcomeDefinitions:
     fisher_seed: int
     safety_dose_bands: tuple[DoseBand, ...]
     safety_unknown_dose_band: str
+    safety_signals: SafetySignalDefinitions
     definition_version: str
     sources: tuple[str, ...]
     """The YAML files merged, defaults first (provenance for logs; not part of the version)."""
@@ -333,6 +347,7 @@ def _validate(raw: Mapping[str, Any], sources: tuple[str, ...]) -> OutcomeDefini
         fisher_seed=fisher_seed,
         safety_dose_bands=bands,
         safety_unknown_dose_band=unknown_band,
+        safety_signals=_safety_signals(raw["safety_signals"]),
         definition_version="",
         sources=sources,
     )
@@ -366,6 +381,41 @@ def _dose_bands(value: Any) -> tuple[DoseBand, ...]:
     if len({b.label for b in bands}) != len(bands):
         raise ValueError("safety_dose_bands: labels must be unique")
     return tuple(bands)
+
+
+def _safety_signals(value: Any) -> SafetySignalDefinitions:
+    """Validate ``safety_signals``; every adverse-event type of the export contract needs a
+    threshold (one Dagster check per type), and an unknown type is refused as a typo."""
+    if not isinstance(value, Mapping):
+        raise ValueError("safety_signals: expected a mapping")
+    _check_keys(value, _SAFETY_SIGNAL_KEYS, "safety_signals")
+    absent = sorted(_SAFETY_SIGNAL_KEYS - set(value))
+    if absent:
+        raise ValueError(f"safety_signals: missing key(s) {absent}")
+    window = _int(value["recent_window_days"], "safety_signals.recent_window_days")
+    if window < 1:
+        raise ValueError("safety_signals.recent_window_days: must be >= 1")
+    alpha = _decimal(value["alpha"], "safety_signals.alpha")
+    if not Decimal(0) < alpha < Decimal(1):
+        raise ValueError(f"safety_signals.alpha: must be in (0, 1), got {alpha}")
+    raw_thresholds = value["thresholds_per_100_sessions"]
+    where = "safety_signals.thresholds_per_100_sessions"
+    if not isinstance(raw_thresholds, Mapping):
+        raise ValueError(f"{where}: expected a mapping of event -> events per 100 sessions")
+    events = table_contract("adverse_events").column("event").enum or ()
+    unknown = sorted(set(raw_thresholds) - set(events))
+    if unknown:
+        raise ValueError(f"{where}: {unknown} not adverse-event types of the export contract")
+    without = [e for e in events if e not in raw_thresholds]
+    if without:
+        raise ValueError(f"{where}: no threshold for {without}")
+    thresholds: dict[str, Decimal] = {}
+    for event in events:
+        threshold = _decimal(raw_thresholds[event], f"{where}.{event}")
+        if threshold < 0:
+            raise ValueError(f"{where}.{event}: must be >= 0, got {threshold}")
+        thresholds[event] = threshold
+    return SafetySignalDefinitions(window, float(alpha), MappingProxyType(thresholds))
 
 
 def _plain(value: Decimal) -> str:
@@ -407,4 +457,12 @@ def _canonical_payload(defs: OutcomeDefinitions) -> dict[str, Any]:
             for b in defs.safety_dose_bands
         ],
         "safety_unknown_dose_band": defs.safety_unknown_dose_band,
+        "safety_signals": {
+            "recent_window_days": defs.safety_signals.recent_window_days,
+            "alpha": _plain(Decimal(str(defs.safety_signals.alpha))),
+            "thresholds_per_100_sessions": {
+                event: _plain(t)
+                for event, t in defs.safety_signals.thresholds_per_100_sessions.items()
+            },
+        },
     }

@@ -46,6 +46,14 @@ class TableRead:
         return self.frame.height
 
 
+class MissingColumns(ExportBlocked):
+    """A file that was read completely but lacks required columns (its rows are counted)."""
+
+    def __init__(self, faults: list[FileFault], rows_read: int):
+        super().__init__(faults)
+        self.rows_read = rows_read
+
+
 def normalise_column_name(name: str) -> str:
     """Header matching rule: case-insensitive after trimming spaces."""
     return name.strip().lower()
@@ -168,7 +176,7 @@ def read_table_file(path: Path, contract: TableContract, export_id: str) -> Tabl
         hint = ""
         if frame.width == 1 and any(d in frame.columns[0] for d in ";\t|"):
             hint = " (the file seems to use a delimiter other than ',')"
-        raise ExportBlocked(
+        raise MissingColumns(
             [FileFault(export_id, path.name, c, "missing_column",
                        "required column is absent" + hint) for c in missing],
             rows_read=frame.height,

@@ -51,6 +51,29 @@ class TableValidation:
         return self.quarantined.height
 
 
+def mask_identifier_headers(export_id: str, read: TableRead) -> list[FileFault]:
+    """An unknown column whose *header* looks like an identifier value (an e-mail, SSN, phone
+    number or calendar date, e.g. a wide export with one column per visit date) blocks the
+    export, and the header is replaced in ``read`` by ``unknown_column_<n>`` before anything
+    (GX, Data Docs, warnings, the refusal) can repeat it."""
+    patterns = data_contracts.deidentification()["identifier_value_patterns"]
+    combined = re.compile("|".join(f"(?:{p})" for p in patterns.values()))
+    renames = {
+        col: f"unknown_column_{n}"
+        for n, col in enumerate(read.unknown_columns, start=1) if combined.search(col)
+    }
+    if not renames:
+        return []
+    read.frame = read.frame.rename(renames)
+    read.unknown_columns = [renames.get(c, c) for c in read.unknown_columns]
+    return [
+        FileFault(export_id, read.file, masked, "identifier_column_name",
+                  "column header looks like an identifier value (e-mail, SSN, phone number "
+                  "or calendar date); remove the column and re-export")
+        for masked in renames.values()
+    ]
+
+
 def check_column_names(export_id: str, read: TableRead) -> list[FileFault]:
     """Unknown columns whose name suggests a direct identifier block the export."""
     pattern = re.compile(data_contracts.deidentification()["identifier_column_name_pattern"])

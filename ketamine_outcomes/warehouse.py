@@ -87,10 +87,18 @@ def current_view_sql(contract: TableContract) -> str:
     )
 
 
+# fetchall, not fetchone: on duckdb 2.0 a fetchone() that returned a row leaves the result
+# unfinished, and the connection then refuses relational work (con.sql: ResourceInUseException).
 def ingested_hash(con: duckdb.DuckDBPyConnection, export_id: str) -> str | None:
-    row = con.execute("SELECT content_hash FROM ops.exports WHERE export_id = ?",
-                      [export_id]).fetchone()
-    return row[0] if row else None
+    rows = con.execute("SELECT content_hash FROM ops.exports WHERE export_id = ?",
+                       [export_id]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def ingested_status(con: duckdb.DuckDBPyConnection, export_id: str) -> str | None:
+    rows = con.execute("SELECT status FROM ops.exports WHERE export_id = ?",
+                       [export_id]).fetchall()
+    return rows[0][0] if rows else None
 
 
 def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.Series:

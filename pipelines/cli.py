@@ -75,13 +75,18 @@ def run(args: argparse.Namespace) -> int:
         print("pipeline FAILED: see the run logs above (or `make dev` and the Runs page)",
               file=sys.stderr)
         return EXIT_FAILED
-    return _summarise(paths, {e.export_id for e in exports}, time.perf_counter() - started)
+    # WARN checks never fail the run: their summaries are printed, not the exit status
+    fired = [str(ev.metadata["summary"].value) for ev in publish.get_asset_check_evaluations()
+             if ev.check_name.startswith("safety_signal_") and not ev.passed]
+    return _summarise(paths, {e.export_id for e in exports}, time.perf_counter() - started,
+                      fired)
 
 
-def _summarise(paths, present: set[str], seconds: float) -> int:
+def _summarise(paths, present: set[str], seconds: float, safety_fired: list[str]) -> int:
     import duckdb
 
     from ketamine_outcomes.report import summary_lines
+    from ketamine_outcomes.safety import summary_lines as safety_summary_lines
 
     con = duckdb.connect(str(paths.warehouse), read_only=True)
     try:
@@ -89,6 +94,7 @@ def _summarise(paths, present: set[str], seconds: float) -> int:
             "SELECT export_id, status, table_name, rows_read, rows_accepted, rows_quarantined, "
             "rows_duplicate, blocking_reason FROM marts.data_quality ORDER BY ALL").fetchall()
         lines = summary_lines(con)
+        safety = safety_summary_lines(con, safety_fired)
     finally:
         con.close()
     quality = [q for q in quality if q[0] in present]
@@ -109,6 +115,8 @@ def _summarise(paths, present: set[str], seconds: float) -> int:
         print(line)
     print()
     print("\n".join(lines))
+    print()
+    print("\n".join(safety))
     print(f"\nwarehouse (analysts, read-only): {paths.warehouse}")
     print(f"HTML report: {paths.report_dir / 'index.html'}")
     print(f"Great Expectations Data Docs: {paths.data_docs_dir}")

@@ -1,38 +1,28 @@
-"""The Dagster code location: assets by stage, jobs, resources (see docs/architecture.md)."""
+"""The Dagster code location: assets by stage, jobs, sensors, the daily schedule, resources
+(see docs/architecture.md; operations in docs/deployment.md)."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import Definitions
 
 from assets.ingest import landing_exports
 from assets.marts import analyst_marts
 from assets.outcomes import patient_outcomes
 from assets.reports import outcomes_report
+from assets.safety import safety_signal_checks
 from assets.validation import staged_export
+from pipelines.jobs import discover_exports_job, ingest_export_job, publish_marts_job
 from pipelines.resources import OutcomesWarehouse
+from pipelines.schedules import daily_rebuild_schedule
+from pipelines.sensors import landing_sensor, publish_after_ingest_sensor
 
-ingest_export_job = define_asset_job(
-    "ingest_export_job",
-    selection=AssetSelection.assets(staged_export),
-    description="Validate and stage one export (partition = export folder name).",
-    executor_def=in_process_executor,
-)
-discover_exports_job = define_asset_job(
-    "discover_exports_job",
-    selection=AssetSelection.assets(landing_exports),
-    description="Scan the landing directory; register complete exports as partitions.",
-    executor_def=in_process_executor,
-)
-publish_marts_job = define_asset_job(
-    "publish_marts_job",
-    selection=AssetSelection.assets(landing_exports, patient_outcomes, analyst_marts,
-                                    outcomes_report),
-    description="Derive outcomes from everything staged and publish the analyst marts.",
-    executor_def=in_process_executor,
-)
+__all__ = ["defs", "discover_exports_job", "ingest_export_job", "publish_marts_job"]
 
 defs = Definitions(
     assets=[landing_exports, staged_export, patient_outcomes, analyst_marts, outcomes_report],
+    asset_checks=[safety_signal_checks],
     jobs=[ingest_export_job, discover_exports_job, publish_marts_job],
+    sensors=[landing_sensor, publish_after_ingest_sensor],
+    schedules=[daily_rebuild_schedule],
     resources={"outcomes_warehouse": OutcomesWarehouse()},
 )
