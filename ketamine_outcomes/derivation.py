@@ -32,6 +32,7 @@ import re
 
 import duckdb
 
+from ketamine_outcomes.fault_injection import maybe_crash
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
 
 #: Attrition reasons in the order they are checked (the first that applies wins).
@@ -78,6 +79,7 @@ def derive_patient_outcomes(
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
     _write_thresholds(con, defs, s)
     _write_indication_instruments(con, defs, s)
+    maybe_crash("derive")
     con.execute(_patient_outcomes_sql(defs, s))
 
 

@@ -19,6 +19,7 @@ import polars as pl
 import data_contracts
 from ketamine_outcomes import warehouse
 from ketamine_outcomes.discovery import ExportFolder, content_hash, read_manifest
+from ketamine_outcomes.fault_injection import maybe_crash
 from ketamine_outcomes.faults import ExportBlocked, FileFault
 from ketamine_outcomes.gx_runner import GxSession
 from ketamine_outcomes.reading import SOURCE_ROW, TableRead, read_table_file
@@ -110,6 +111,7 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     manifest, manifest_fault = read_manifest(export)
     faults = [manifest_fault] if manifest_fault else []
     reads = _read_all(export, faults, result.rows_read)
+    maybe_crash("ingest.read")
     faults += _manifest_faults(export, manifest, reads)
     gx = GxSession(docs_root / export.export_id if docs_root else None)
     for read in reads.values():
@@ -129,6 +131,7 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
             tv = validate_table(gx, export.export_id, contract, read,
                                 known if contract.references else None, faults.append)
             result.tables.append(tv)
+            maybe_crash("ingest.validate")
             if contract.name == "patients":
                 known = pl.concat([known, tv.accepted["patient_id"]]).unique()
     result.faults = faults
@@ -146,6 +149,7 @@ def _write(con: duckdb.DuckDBPyConnection, export: ExportFolder, manifest: dict 
     exported_at = (manifest or {}).get("exported_at")
     con.execute("BEGIN TRANSACTION")
     try:
+        maybe_crash("ingest.write.begin")
         warehouse.forget_export(con, export.export_id)
         con.execute("DELETE FROM ops.data_quality WHERE export_id = ?", [export.export_id])
         if result.blocked:
@@ -156,10 +160,12 @@ def _write(con: duckdb.DuckDBPyConnection, export: ExportFolder, manifest: dict 
             "INSERT INTO ops.exports VALUES (?, ?, ?, ?)",
             [export.export_id, result.content_hash, result.status, validated_at],
         )
+        maybe_crash("ingest.write.end")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    maybe_crash("ingest.committed")
 
 
 def _write_blocked(con, export: ExportFolder, result: ExportResult, exported_at, validated_at):
@@ -185,6 +191,7 @@ def _write_accepted(con, export_id: str, result: ExportResult, exported_at, vali
             f"SELECT ?, source_row, {cols} FROM accepted_rows",
             [export_id],
         )
+        maybe_crash("ingest.write.middle")
         quarantined_rows = tv.quarantined  # noqa: F841
         con.execute(
             "INSERT INTO ops.quarantined_rows SELECT ?, ?, source_row, rules, patient_id, "

@@ -16,6 +16,8 @@ from pathlib import Path
 import duckdb
 import yaml
 
+from ketamine_outcomes.fault_injection import maybe_crash
+
 CATALOG = Path(__file__).with_name("mart_catalog.yaml")
 
 
@@ -60,6 +62,7 @@ def publish_marts(con: duckdb.DuckDBPyConnection, tables: list[str], target: Pat
         for table in tables:
             con.execute(f"CREATE TABLE publishing.marts.{table} AS "
                         f"SELECT * FROM {source_schema}.{table}")
+            maybe_crash("publish.write")
             entry = catalog["marts"].get(table, {})
             if entry.get("description"):
                 con.execute(f"COMMENT ON TABLE publishing.marts.{table} IS "
@@ -77,6 +80,7 @@ def publish_marts(con: duckdb.DuckDBPyConnection, tables: list[str], target: Pat
         con.execute("DETACH publishing")
     with open(staging_file, "rb") as fh:
         os.fsync(fh.fileno())
+    maybe_crash("publish.before_replace")
     os.replace(staging_file, target)
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:

@@ -304,7 +304,13 @@ def drop_export(stack: DagsterStack, export_id: str, write: Callable[[Path], Non
     scratch.mkdir(parents=True)
     write(scratch)
     target = stack.landing / export_id
-    os.replace(scratch, target)
+    if target.exists():  # a re-delivery: swap folders (the sensor may see it gone for a moment)
+        old = stack.root / "incoming" / (export_id + ".old")
+        os.replace(target, old)
+        os.replace(scratch, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(scratch, target)
     return target
 
 
@@ -315,3 +321,63 @@ def dagster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterS
         yield stack
     finally:
         stack.stop()
+
+
+# -- the first export, shared by the e2e and browser tests ------------------------------------------
+VALID_EXPORT_ID = "network-20260101T0600"
+INGEST_JOB = "ingest_export_job"
+PUBLISH_JOB = "publish_marts_job"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def write_sample_export(folder: Path, n_patients: int = 300, seed: int = 11) -> None:
+    """One generated export (all four tables, manifest) written into ``folder``."""
+    from ketamine_outcomes.sample_exports import generate_landing
+
+    scratch = folder.parent / (folder.name + ".generated")
+    (generated,) = generate_landing(scratch, n_patients=n_patients, seed=seed, n_exports=1)
+    for f in generated.iterdir():
+        shutil.move(str(f), folder / f.name)
+    shutil.rmtree(scratch)
+
+
+def wait_for_ingest(stack: DagsterStack, export_id: str, timeout: float = 120,
+                    after: float = 0.0) -> dict[str, Any]:
+    """The finished ingest run of ``export_id`` created after ``after`` (epoch seconds)."""
+    return stack.wait_for_run(
+        INGEST_JOB,
+        lambda r: r["tags"].get("dagster/partition") == export_id and r["creationTime"] >= after,
+        timeout, f"the ingest run of {export_id}")
+
+
+def wait_for_publish_after(stack: DagsterStack, ingest: dict[str, Any],
+                           timeout: float = 120) -> dict[str, Any]:
+    """The first finished publish run created after ``ingest`` ended."""
+    def first_after() -> dict[str, Any] | None:
+        stack.assert_alive()
+        later = [r for r in stack.runs(PUBLISH_JOB) if r["creationTime"] >= ingest["endTime"]]
+        later.sort(key=lambda r: r["creationTime"])
+        return later[0] if later and later[0]["status"] in FINISHED else None
+
+    return wait_for(f"a publish run after ingest run {ingest['runId']}", first_after, timeout,
+                    on_timeout=stack._debug_state)
+
+
+@dataclass(frozen=True)
+class Published:
+    """The ingest and publish runs that put ``VALID_EXPORT_ID`` into the marts."""
+
+    ingest: dict[str, Any]
+    publish: dict[str, Any]
+
+
+def ensure_published(stack: DagsterStack) -> Published:
+    """Drop the sample export unless an earlier test did, then wait for the sensor's ingest run
+    and the publish after it (order-independent: whichever test runs first pays)."""
+    if not (stack.landing / VALID_EXPORT_ID).exists():
+        drop_export(stack, VALID_EXPORT_ID, write_sample_export)
+    ingest = wait_for_ingest(stack, VALID_EXPORT_ID)
+    assert ingest["status"] == "SUCCESS", stack._debug_state()
+    publish = wait_for_publish_after(stack, ingest)
+    assert publish["status"] == "SUCCESS", stack._debug_state()
+    return Published(ingest, publish)

@@ -11,9 +11,9 @@ from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,
     AssetKey,
-    DagsterAssetCheckFailedError,
     DagsterEventType,
 )
+from dagster._core.errors import DagsterAssetCheckFailedError
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 import data_contracts
