@@ -87,8 +87,9 @@ def _manifest_faults(export: ExportFolder, manifest: dict | None,
     for table, expected in (manifest.get("row_counts") or {}).items():
         read = reads.get(table)
         if read is not None and read.rows_read != expected:
-            faults.append(FileFault(export.export_id, read.file, None, "manifest_row_count",
-                                    f"manifest says {expected} rows, the file has {read.rows_read}"))
+            faults.append(FileFault(
+                export.export_id, read.file, None, "manifest_row_count",
+                f"manifest says {expected} rows, the file has {read.rows_read}"))
         elif table not in export.table_files and expected:
             faults.append(FileFault(export.export_id, "manifest.json", "row_counts",
                                     "manifest_row_count",

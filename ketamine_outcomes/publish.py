@@ -54,8 +54,28 @@ def publish_marts(con: duckdb.DuckDBPyConnection, tables: list[str], target: Pat
     common = catalog.get("common_columns", {})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging_file = target.with_name(f".{target.name}.publishing-{os.getpid()}")
-    for leftover in (staging_file, Path(str(staging_file) + ".wal")):
+    temp_files = (staging_file, Path(str(staging_file) + ".wal"))
+    _remove_stale_publishing_files(target)
+    for leftover in temp_files:
         leftover.unlink(missing_ok=True)
+    try:
+        _write_new_file(con, tables, staging_file, source_schema, catalog, common)
+    except BaseException:  # e.g. disk full: the previous file stays, no temp file is left
+        for leftover in temp_files:
+            leftover.unlink(missing_ok=True)
+        raise
+    maybe_crash("publish.before_replace")
+    os.replace(staging_file, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def _write_new_file(con: duckdb.DuckDBPyConnection, tables: list[str], staging_file: Path,
+                    source_schema: str, catalog: dict, common: dict) -> None:
     con.execute(f"ATTACH {_quote(str(staging_file))} AS publishing")
     try:
         con.execute("CREATE SCHEMA publishing.marts")
@@ -80,11 +100,24 @@ def publish_marts(con: duckdb.DuckDBPyConnection, tables: list[str], target: Pat
         con.execute("DETACH publishing")
     with open(staging_file, "rb") as fh:
         os.fsync(fh.fileno())
-    maybe_crash("publish.before_replace")
-    os.replace(staging_file, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+
+
+def _remove_stale_publishing_files(target: Path) -> None:
+    """Temp files of earlier publishes whose process is gone (killed before the rename: they
+    would pile up, one full set of marts each). Names end in ``-<pid>`` or ``-<pid>.wal``; the
+    pid is checked on this host, so a warehouse directory must not be published to from two
+    hosts at once (DuckDB's file locks do not hold across hosts either)."""
+    for path in target.parent.glob(f".{target.name}.publishing-*"):
+        pid = path.name.rsplit("-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

@@ -100,7 +100,8 @@ def _read_csv(path: Path, export_id: str) -> pl.DataFrame:
                      "the header names a column more than once")
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(names))) + "}"
     query = (
-        f"SELECT * FROM read_csv({_sql_literal(str(path))}, columns={columns}, header=true, auto_detect=false, "
+        f"SELECT * FROM read_csv({_sql_literal(str(path))}, columns={columns}, header=true, "
+        "auto_detect=false, "
         f"delim='{fmt['delimiter']}', quote='{fmt['quote']}', escape='{fmt['quote']}', "
         "strict_mode=true, null_padding=false, encoding='utf-8', nullstr='')"
     )

@@ -21,7 +21,7 @@ import polars as pl
 import data_contracts
 from data_contracts import TableContract
 from ketamine_outcomes import expectations as ex
-from ketamine_outcomes.faults import ExportBlocked, FileFault
+from ketamine_outcomes.faults import FileFault
 from ketamine_outcomes.gx_runner import COUNT_RESULT_FORMAT, ROW_RESULT_FORMAT, GxSession
 from ketamine_outcomes.reading import SOURCE_ROW, TableRead, identifier_like_name
 

@@ -101,6 +101,25 @@ def ingested_status(con: duckdb.DuckDBPyConnection, export_id: str) -> str | Non
     return rows[0][0] if rows else None
 
 
+def stored_outcome(con: duckdb.DuckDBPyConnection, export_id: str) -> dict[str, dict]:
+    """What an earlier ingestion of ``export_id`` recorded, per table: row counts and
+    quarantined rows per rule (for reporting an unchanged export that is not read again)."""
+    out: dict[str, dict] = {}
+    for table, read, accepted, quarantined, duplicate in con.execute(
+            "SELECT table_name, rows_read, rows_accepted, rows_quarantined, rows_duplicate "
+            "FROM ops.data_quality WHERE export_id = ? AND table_name IS NOT NULL",
+            [export_id]).fetchall():
+        out[table] = {"rows_read": read, "rows_accepted": accepted,
+                      "rows_quarantined": quarantined, "rows_duplicate": duplicate,
+                      "quarantined_per_rule": {}}
+    for table, rule, n in con.execute(
+            "SELECT table_name, rule, count(*) FROM (SELECT table_name, "
+            "unnest(string_split(rules, ',')) AS rule FROM ops.quarantined_rows "
+            "WHERE export_id = ?) GROUP BY ALL ORDER BY ALL", [export_id]).fetchall():
+        out[table]["quarantined_per_rule"][rule] = n
+    return out
+
+
 def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.Series:
     """Patients accepted in exports that sort before ``before_export``."""
     return con.sql(

@@ -228,3 +228,25 @@ def test_unchanged_blocked_export_still_fails_its_check_on_rerun(checks):
         "treatments": ("blocked", 4, 0, 0, 0, True),
         "assessments": ("blocked", 5, 0, 0, 0, True),
     }
+
+
+def test_unchanged_export_reports_what_its_ingestion_recorded(checks):
+    p, runs = checks
+    rerun = p.ingest(QUARANTINE)
+    assert rerun.success
+    messages = [e.user_message for e in p.instance.all_logs(rerun.run_id)]
+    assert f"export {QUARANTINE}: content unchanged since it was ingested; skipped" in messages
+    first = evaluations(p, runs[QUARANTINE])
+    again = instance_evaluations(p, rerun.run_id)
+    for table in TABLES:
+        for check in CHECKS:
+            assert again[(table, check)].passed is first[(table, check)].passed, (table, check)
+        for name in ("quarantined_per_rule", "rows_quarantined"):
+            assert (again[(table, "quarantined_rows")].metadata[name].value
+                    == first[(table, "quarantined_rows")].metadata[name].value)
+    before, after = materializations(runs[QUARANTINE]), materializations(rerun)
+    for table in TABLES:
+        assert after[table]["status"].value == "unchanged"
+        for name in ("rows_read", "rows_accepted", "rows_quarantined", "rows_duplicate",
+                     "data_docs"):
+            assert after[table][name] == before[table][name], (table, name)

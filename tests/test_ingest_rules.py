@@ -86,7 +86,8 @@ DIALECT_TABLES = {
                  "PT0001,site_a,MDD,F,25-34\r\n"
                  "PT0002,site_a,CRPS,M,45-54\r\n"
                  "PT0003,site_b,GAD,X,90+\r\n"
-                 'PT0004,"site,a",MDD,F,25-34\r\n'),
+                 'PT0004,"site,a",MDD,F,25-34\r\n'
+                 "000042,007,MDD,F,25-34\r\n"),
     # nullable columns dose_mg_per_kg and duration_min absent; `""` and an empty field = null
     "treatments": ("patient_id,day,session_number,route,dose_mg\n"
                    "PT0001,0,1,IV,35\n"
@@ -167,7 +168,7 @@ def test_parquet_values_keep_their_text_and_booleans(formats):
 def test_csv_bom_crlf_and_header_matching(formats):
     acc = formats.accounting("fmt3-dialect")
     assert {t: v[:6] for t, v in acc.items()} == {
-        "patients": ("accepted", 4, 3, 1, 0, False),
+        "patients": ("accepted", 5, 4, 1, 0, False),
         "treatments": ("accepted", 4, 4, 0, 0, False),
         "assessments": ("accepted", 5, 5, 0, 0, False),
     }
@@ -175,6 +176,7 @@ def test_csv_bom_crlf_and_header_matching(formats):
         ("fmt3-dialect", 1, "PT0001", "site_a", "MDD", "F", "25-34"),
         ("fmt3-dialect", 2, "PT0002", "site_a", "CRPS", "M", "45-54"),
         ("fmt3-dialect", 3, "PT0003", "site_b", "GAD", "X", "90+"),
+        ("fmt3-dialect", 5, "000042", "007", "MDD", "F", "25-34"),  # "007" ids stay text
     ]
 
 
@@ -289,6 +291,8 @@ RF0001,MADRS,10,abc
 RFXXXX,MADRS,0,10
 RF0001,madrs,12,10
 RF0002,NRS_PAIN,4,10
+RF0002,NRS_PAIN,5,11
+RF0002,NRS_PAIN,5,11
 """
 ROW_FAULT_ADVERSE_EVENTS = """patient_id,day,event,severity,serious
 RF0001,0,DISSOCIATION,MILD,true
@@ -360,6 +364,8 @@ EXPECTED_QUARANTINE = {
         29: "score.decimals[MADRS],score.type",
         30: "patient_id.orphan",
         31: "instrument.enum",
+        33: "score.range[NRS_PAIN]",  # row rules first: identical bad rows are not
+        34: "score.range[NRS_PAIN]",  # duplicates, both are quarantined
     },
     "adverse_events": {
         5: "severity.enum",
@@ -389,7 +395,7 @@ def test_row_faults_accounting_is_exact(row_faults):
     assert {t: v[:6] for t, v in acc.items()} == {
         "patients": ("accepted", 14, 4, 8, 2, False),
         "treatments": ("accepted", 25, 7, 17, 1, False),
-        "assessments": ("accepted", 32, 8, 22, 2, False),
+        "assessments": ("accepted", 34, 8, 24, 2, False),
         "adverse_events": ("accepted", 12, 5, 7, 0, False),
     }
     assert_identity(acc)
@@ -493,6 +499,9 @@ FILE_FAULTS = {
         {}, ("assessments.csv", "(file)", "manifest_row_count")),
     "ff-13-manifest-json": (
         VALID_TABLES, None, {}, ("manifest.json", "(file)", "manifest_readable")),
+    "ff-14-manifest-missing-file": (
+        VALID_TABLES, {"row_counts": {**COUNTS, "adverse_events": 2}}, {},
+        ("manifest.json", "row_counts", "manifest_row_count")),
 }
 VALID_BEFORE, VALID_AFTER = "ff-00-valid", "ff-99-valid"
 
@@ -605,6 +614,8 @@ HISTORY = {
                        "PT0001,MADRS,28,13\nPT0001,MADRS,14,20\nPT0002,NRS_PAIN,0,6.0\n",
     },
 }
+EXPORTED_AT = {EARLY: {"source": "emr", "exported_at": "2026-11-20T06:00:00Z"},
+               LATE: {"source": "emr", "exported_at": "2026-11-01T06:00:00Z"}}
 LATE_CHANGED_ASSESSMENTS = "patient_id,instrument,day,score\nPT0009,GAD7,0,16\n"
 
 
@@ -626,10 +637,12 @@ def _snapshot(p) -> dict:
 def history(tmp_path_factory):
     with open_shared_pipeline(tmp_path_factory, "history") as p:
         snaps = {}
-        for export_id in (EARLY, LATE):
-            p.write_export(export_id, HISTORY[export_id])
+        for export_id in (EARLY, LATE):  # exported_at is recorded, never used for ordering
+            p.write_export(export_id, HISTORY[export_id], manifest=EXPORTED_AT[export_id])
         p.ingest_all()
         snaps["two_exports"] = _snapshot(p)
+        snaps["exported_at"] = p.query("SELECT DISTINCT export_id, exported_at "
+                                       "FROM ops.data_quality ORDER BY ALL")
         rerun = p.ingest(LATE)
         snaps["rerun_messages"] = [e.user_message for e in p.instance.all_logs(rerun.run_id)]
         snaps["rerun"] = _snapshot(p)
@@ -653,6 +666,15 @@ def test_later_export_supersedes_by_natural_key_and_earlier_rows_stay(history):
     ]
     assert history["two_exports"]["patients"] == [
         ("PT0001", "site_a"), ("PT0002", "site_a"), ("PT0009", "site_b")]
+
+
+def test_folder_name_not_exported_at_orders_exports(history):
+    # LATE says it was exported before EARLY, and still supersedes it (see above)
+    assert history["exported_at"] == [
+        (EARLY, datetime(2026, 11, 20, 6, tzinfo=UTC)),
+        (LATE, datetime(2026, 11, 1, 6, tzinfo=UTC)),
+    ]
+    assert ("PT0001", "MADRS", 28, Decimal("14.0")) in history["two_exports"]["assessments"]
 
 
 def test_quarantined_row_never_supersedes_and_orphan_stays_quarantined(history):
