@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: run test dev lint bench sample clean
+.PHONY: run test soak dev lint bench sample clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 ## test: install, then run the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+## soak: the long reliability variants (marked soak, excluded from `make test`)
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m soak tests/test_reliability_*.py
 
 ## dev: Dagster UI (webserver + daemon) on http://localhost:3000
 dev: $(STAMP)

@@ -40,7 +40,7 @@ def build_data_quality(con: duckdb.DuckDBPyConnection, run_id: str, built_at: da
         ORDER BY export_id, table_name NULLS FIRST, file_name""",
         [definition_version, run_id, built_at],
     )
-    return con.execute(f"SELECT count(*) FROM {schema}.data_quality").fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM {schema}.data_quality").fetchall()[0][0]
 
 
 def _quote(text: str) -> str:

@@ -90,14 +90,23 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _check_duplicate_columns(names: list[str], path: Path, export_id: str) -> None:
+    """A column named twice blocks the file. Only contract column names are echoed: an
+    unknown header may itself be an identifier (a date, an e-mail)."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if not dup:
+        return
+    known = {c for t in data_contracts.table_contracts() for c in t.column_names}
+    shown = [n if n in known else "(an unknown column)" for n in dup]
+    raise _fault(export_id, path.name, ", ".join(dict.fromkeys(shown)), "duplicate_column",
+                 "the header names a column more than once")
+
+
 def _read_csv(path: Path, export_id: str) -> pl.DataFrame:
     fmt = data_contracts.export_format()["csv"]
     header = _csv_header(path, export_id)
     names = [normalise_column_name(h) for h in header]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise _fault(export_id, path.name, ", ".join(dup), "duplicate_column",
-                     "the header names a column more than once")
+    _check_duplicate_columns(names, path, export_id)
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(names))) + "}"
     query = (
         f"SELECT * FROM read_csv({_sql_literal(str(path))}, columns={columns}, header=true, "
@@ -150,10 +159,7 @@ def _read_parquet(path: Path, contract: TableContract, export_id: str) -> pl.Dat
         raise _fault(export_id, path.name, None, "readable",
                      "the Parquet file cannot be read (corrupt or truncated)") from None
     names = [normalise_column_name(n) for n in frame.columns]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise _fault(export_id, path.name, ", ".join(dup), "duplicate_column",
-                     "the file names a column more than once")
+    _check_duplicate_columns(names, path, export_id)
     frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
     try:
         return _parquet_as_text(frame, contract)

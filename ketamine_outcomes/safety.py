@@ -262,9 +262,9 @@ def unattributed_events(con: duckdb.DuckDBPyConnection, target_schema: str = "bu
     no administration on or before the event day, or no accepted patient row. Reported as
     Dagster metadata so that nothing is left out silently."""
     target = quote_identifier(target_schema)
-    total = con.execute("SELECT count(*) FROM staging.current_adverse_events").fetchone()
+    total = con.execute("SELECT count(*) FROM staging.current_adverse_events").fetchall()[0]
     counted = con.execute(f"SELECT coalesce(sum(n_events), 0) FROM {target}.safety_events")
-    return int(total[0] if total else 0) - int(counted.fetchone()[0])
+    return int(total[0] if total else 0) - int(counted.fetchall()[0][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def summary_lines(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
         "AND table_name = 'safety_events'",
         [schema],
-    ).fetchone()
+    ).fetchall()[0]
     rows = (
         con.execute(
             f"""

@@ -536,4 +536,6 @@ def response_rate_test(
             n_resamples=FISHER_MC_RESAMPLES, rng=np.random.default_rng(seed)
         )
         res = stats.fisher_exact(table, method=method)
-    return "fisher", None, dof, float(min(res.pvalue, 1.0))
+    # scipy returns a shape-(1,) array instead of a scalar for some small tables
+    p_value = float(np.asarray(res.pvalue, dtype=float).reshape(-1)[0])
+    return "fisher", None, dof, min(p_value, 1.0)

@@ -637,3 +637,12 @@ def test_proportion_ci_contains_estimate(n: int, data: st.DataObject) -> None:
     for method in CI_METHODS:
         low, high = proportion_ci(np.array([k]), np.array([n]), method)
         assert 0.0 <= low[0] <= k / n <= high[0] <= 1.0
+
+
+def test_fisher_on_tiny_k_by_2_tables_returns_a_scalar_p_value() -> None:
+    # scipy's Monte Carlo Fisher returns a shape-(1,) array for some tiny tables; with one
+    # patient per group and margins (1 responder, 2 non-responders) every table is as likely
+    # as the observed one, so the exact p is 1.
+    test, statistic, df, p = response_rate_test(np.array([0, 1, 0]), np.array([1, 1, 1]))
+    assert (test, statistic, df) == ("fisher", None, 2)
+    assert isinstance(p, float) and p == 1.0

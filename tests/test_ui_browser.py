@@ -117,6 +117,7 @@ def test_asset_graph_renders_groups_and_assets(page: Any, dagster_stack: Dagster
             "right": VIEWPORT["width"] - 60, "bottom": VIEWPORT["height"] - 10}
     outline = [*GRAPH_ASSETS, *GROUPS, "…_curve"]  # time_to_res…_curve: the lowest node
     _fit_graph(page, area)
+    page.screenshot(path="/tmp/exp/dbg.png")  # DEBUG
     box = _union_box(page, outline)
     assert box["top"] >= area["top"] and box["bottom"] <= area["bottom"], box
     _save(page, "asset-graph.png", tmp_path)
