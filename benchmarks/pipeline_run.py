@@ -12,6 +12,19 @@ runs every step here; if the CLI ever launches step processes, only the event-lo
 numbers remain.
 
     BENCH_PROBES_OUT=probes.json python benchmarks/pipeline_run.py run [cli args]
+
+What-if experiments (``BENCH_EXPERIMENTS``, comma-separated; ``run.py --experiments``) patch
+the pipeline at run time to measure a recommended change before anyone makes it:
+
+``gx-release``         drop each validated pandas frame from GX's batch-data cache (the
+                       pandas datasource's execution engine keeps every batch it validated
+                       for as long as the context lives, which the global ProjectManager
+                       keeps until the next ``get_context``);
+``gx-no-fingerprint``  skip GX's md5 fingerprint of the whole pandas frame
+                       (``pandas_execution_engine.HASH_THRESHOLD`` = 0; GX hashes every batch
+                       under 1 GB, on every validation);
+``malloc-trim``        return freed heap to the OS after every export (glibc ``malloc_trim``);
+``duckdb-2gb``         ``SET memory_limit = '2GB'`` on every warehouse connection.
 """
 
 from __future__ import annotations
@@ -78,12 +91,83 @@ def install() -> list[str]:
     return missing
 
 
+def experiments(names: set[str]) -> list[str]:
+    """Apply the what-if patches named in ``names``; return those applied."""
+    applied = []
+    if names & {"gx-release", "gx-no-fingerprint"}:
+        from ketamine_outcomes import gx_runner
+
+        cls = gx_runner.GxSession
+        init, validate = cls.__init__, cls.validate
+
+        def patched_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if "gx-no-fingerprint" in names:
+                from great_expectations.execution_engine import pandas_execution_engine
+
+                pandas_execution_engine.HASH_THRESHOLD = 0
+
+        def patched_validate(self, *args, **kwargs):
+            try:
+                return validate(self, *args, **kwargs)
+            finally:
+                if "gx-release" in names:
+                    manager = self._source.get_execution_engine().batch_manager
+                    manager.reset_batch_cache()
+                    manager.batch_data_cache.clear()
+
+        cls.__init__, cls.validate = patched_init, patched_validate
+        applied += sorted(names & {"gx-release", "gx-no-fingerprint"})
+    if "malloc-trim" in names:
+        import ctypes
+
+        from ketamine_outcomes import ingest
+
+        libc = ctypes.CDLL("libc.so.6")
+        ingest_export = ingest.ingest_export
+
+        def trimmed(*args, **kwargs):
+            try:
+                return ingest_export(*args, **kwargs)
+            finally:
+                import gc
+
+                gc.collect()
+                libc.malloc_trim(0)
+
+        ingest.ingest_export = trimmed
+        import assets.validation
+
+        assets.validation.ingest_export = trimmed
+        applied.append("malloc-trim")
+    if "duckdb-2gb" in names:
+        import pipelines.resources
+        from ketamine_outcomes import warehouse
+
+        def limit(connect):
+            def limited(*args, **kwargs):
+                con = connect(*args, **kwargs)
+                con.execute("SET memory_limit = '2GB'")
+                return con
+
+            return limited
+
+        warehouse.connect = limit(warehouse.connect)
+        if hasattr(pipelines.resources, "connect_waiting_for_lock"):
+            pipelines.resources.connect_waiting_for_lock = limit(
+                pipelines.resources.connect_waiting_for_lock)
+        applied.append("duckdb-2gb")
+    return applied
+
+
 def main(argv: list[str]) -> int:
     started = time.time()
     import pipelines.definitions  # noqa: F401 - the assets' modules, before wrapping
     from pipelines import cli
 
     imported = time.time()
+    wanted = {e for e in os.environ.get("BENCH_EXPERIMENTS", "").split(",") if e}
+    applied = experiments(wanted)
     missing = install()
     try:
         rc = cli.main(argv)
@@ -92,7 +176,7 @@ def main(argv: list[str]) -> int:
         if out:
             with open(out, "w") as fh:
                 json.dump({"started": started, "imported": imported, "ended": time.time(),
-                           "missing": missing, "calls": CALLS}, fh)
+                           "missing": missing, "experiments": applied, "calls": CALLS}, fh)
     return rc
 
 

@@ -14,6 +14,9 @@ then time
   mapped back to rows with a join), which is what the recommendations are based on.
 
 Uses the pipeline's own functions (reading, validation helpers, expectations), read-only.
+Each validated pandas frame is dropped from GX's batch-data cache afterwards (see
+``pipeline_run.py`` experiment ``gx-release``): without that, the dozens of single-rule
+validations here keep a pandas copy each and a 1M-patient export runs out of memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +45,45 @@ def rss_mib() -> float:
     return RSS.memory_info().rss / 2**20
 
 
+class _Peak:
+    """High-water mark of this process's RSS, sampled every 20 ms by a daemon thread."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.value = max(self.value, rss_mib())
+            time.sleep(0.02)
+
+    def reset(self) -> float:
+        self.value = rss_mib()
+        return self.value
+
+
+PEAK = _Peak()
+LAST_PEAK_DELTA = [0.0]
+
+
 def timed(fn, *args, **kwargs):
+    """(result, seconds); the RSS high-water mark above the start goes to LAST_PEAK_DELTA."""
+    start = PEAK.reset()
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    time.sleep(0.03)
+    LAST_PEAK_DELTA[0] = PEAK.value - start
+    return out, seconds
+
+
+def _validate_and_release(gx: GxSession, *args):
+    try:
+        return gx.validate(*args)
+    finally:
+        manager = gx._source.get_execution_engine().batch_manager
+        manager.reset_batch_cache()
+        manager.batch_data_cache.clear()
 
 
 def polars_check(rule: ex.Rule, frame: pl.DataFrame, distinct: bool) -> pl.Series:
@@ -85,10 +124,12 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
                 if (p := export / f"{table}.{ext}").exists())
     r0 = rss_mib()
     read, t_read = timed(read_table_file, path, contract, export.name)
+    read_peak = LAST_PEAK_DELTA[0]
     out: dict = {"table": table, "file": path.name, "rows": read.rows_read,
                  "read_seconds": round(t_read, 3),
                  "polars_text_mib": round(read.frame.estimated_size() / 2**20, 1),
-                 "rss_after_read_delta_mib": round(rss_mib() - r0, 1)}
+                 "rss_after_read_delta_mib": round(rss_mib() - r0, 1),
+                 "rss_read_peak_delta_mib": round(read_peak, 1)}
     frame = _with_helper_columns(contract, read.frame, known if contract.references else None)
     gx_frame = frame.drop(SOURCE_ROW)
     r1 = rss_mib()
@@ -96,23 +137,28 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     out["to_pandas_seconds"] = round(t_pd, 3)
     out["pandas_mib"] = round(pdf.memory_usage(deep=True).sum() / 2**20, 1)
     out["rss_to_pandas_delta_mib"] = round(rss_mib() - r1, 1)
+    out["rss_to_pandas_peak_delta_mib"] = round(LAST_PEAK_DELTA[0], 1)
     out["pandas_dtypes"] = {c: str(t) for c, t in pdf.dtypes.items()}
     del pdf
 
     rules = ex.row_rules(contract, read.frame.columns)
     r2 = rss_mib()
     peak = [r2]
-    _, t_suite = timed(gx.validate, f"{table}.suite", gx_frame, rules, ROW_RESULT_FORMAT)
+    _, t_suite = timed(_validate_and_release, gx, f"{table}.suite", gx_frame, rules,
+                       ROW_RESULT_FORMAT)
     peak.append(rss_mib())
+    out["rss_gx_suite_peak_delta_mib"] = round(LAST_PEAK_DELTA[0], 1)
     out["gx_row_suite_seconds"] = round(t_suite, 3)
     out["gx_row_rules"] = len(rules)
     per_rule = []
     for i, rule in enumerate(rules):
-        _, t_gx = timed(gx.validate, f"{table}.one.{i}", gx_frame, [rule], ROW_RESULT_FORMAT)
+        _, t_gx = timed(_validate_and_release, gx, f"{table}.one.{i}", gx_frame, [rule],
+                        ROW_RESULT_FORMAT)
         _, t_rows = timed(polars_check, rule, gx_frame, False)
         _, t_distinct = timed(polars_check, rule, gx_frame, True)
         per_rule.append({"rule": rule.rule_id, "expectation": rule.expectation_type,
                          "gx_alone_seconds": round(t_gx, 3),
+                         "gx_alone_peak_delta_mib": round(LAST_PEAK_DELTA[0], 1),
                          "polars_rows_seconds": round(t_rows, 4),
                          "polars_distinct_seconds": round(t_distinct, 4)})
     out["per_rule"] = per_rule
@@ -121,8 +167,8 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     # de-identification first pass: one combined regex per column, counts only
     columns = [c for c in read.frame.columns if c != SOURCE_ROW]
     deid_rules = [ex.identifier_value_rule(c) for c in columns]
-    _, t_deid = timed(gx.validate, f"{table}.deid", read.frame.select(columns), deid_rules,
-                      COUNT_RESULT_FORMAT)
+    _, t_deid = timed(_validate_and_release, gx, f"{table}.deid", read.frame.select(columns),
+                      deid_rules, COUNT_RESULT_FORMAT)
     pattern = deid_rules[0].kwargs["regex"]
     _, t_deid_pl = timed(lambda: read.frame.select(
         [pl.col(c).str.contains(pattern).any() for c in columns]))
@@ -135,7 +181,7 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     # natural key uniqueness (after duplicates are dropped the pipeline asks GX)
     key_rule = ex.natural_key_rule(contract)
     keys = read.frame.select(contract.natural_key)
-    _, t_key = timed(gx.validate, f"{table}.key", keys, [key_rule], ROW_RESULT_FORMAT)
+    _, t_key = timed(_validate_and_release, gx, f"{table}.key", keys, [key_rule], ROW_RESULT_FORMAT)
     _, t_key_pl = timed(lambda: keys.select(pl.struct(contract.natural_key).is_duplicated()))
     out["natural_key"] = {"gx_seconds": round(t_key, 3), "polars_seconds": round(t_key_pl, 3)}
     peak.append(rss_mib())
@@ -174,8 +220,9 @@ def summary(results: dict) -> None:
               f" to_pandas {t['to_pandas_seconds']:.2f} s ({t['polars_text_mib']:.0f} MiB polars "
               f"text -> {t['pandas_mib']:.0f} MiB pandas), GX row suite "
               f"{t['gx_row_suite_seconds']:.2f} s for {t['gx_row_rules']} rules (alone: sum "
-              f"{t['gx_sum_of_single_rules_seconds']:.2f} s); RSS +{t['rss_gx_delta_mib']:.0f} "
-              "MiB in GX")
+              f"{t['gx_sum_of_single_rules_seconds']:.2f} s); RSS during the suite "
+              f"+{t['rss_gx_suite_peak_delta_mib']:.0f} MiB, during to_pandas "
+              f"+{t['rss_to_pandas_peak_delta_mib']:.0f} MiB")
         print("  | rule | GX alone s | polars rows s | polars distinct s |")
         for r in sorted(t["per_rule"], key=lambda r: -r["gx_alone_seconds"]):
             print(f"  | {r['rule']} | {r['gx_alone_seconds']:.2f} | {r['polars_rows_seconds']:.3f}"

@@ -329,8 +329,10 @@ def compare(left: dict, right: dict, left_name: str, right_name: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------
-def pipeline_env(state: Path, landing: Path, probes: Path) -> dict[str, str]:
+def pipeline_env(state: Path, landing: Path, probes: Path,
+                 experiments: str = "") -> dict[str, str]:
     env = dict(os.environ)
+    env["BENCH_EXPERIMENTS"] = experiments
     env.update({
         "OUTCOMES_LANDING_DIR": str(landing),
         "OUTCOMES_DATA_DIR": str(state),
@@ -343,15 +345,35 @@ def pipeline_env(state: Path, landing: Path, probes: Path) -> dict[str, str]:
     return env
 
 
-def run_pipeline(label: str, state: Path, landing: Path, logs: Path) -> dict:
+def run_pipeline(label: str, state: Path, landing: Path, logs: Path,
+                 experiments: str = "") -> dict:
     probes_file = logs / f"probes-{label}.json"
     m = run_measured(label, [PY, str(HERE / "pipeline_run.py"), "run"],
-                     env=pipeline_env(state, landing, probes_file), cwd=ROOT,
+                     env=pipeline_env(state, landing, probes_file, experiments), cwd=ROOT,
                      stdout=logs / f"{label}.log")
     probes = json.loads(probes_file.read_text()) if probes_file.exists() else {}
     steps = dagster_steps(state / "dagster_home", m.started - 1)
+    for step in steps:  # memory per step: at its start, its peak, at its end
+        step["rss_start_mib"] = _rss_at(m, step["start"])
+        step["rss_end_mib"] = _rss_at(m, step["end"])
+        peak = m.peak_between(step["start"], step["end"])
+        step["rss_peak_mib"] = round(peak / MiB) if peak else None
     return {"measurement": m, "steps": steps, "probes": probes,
             "stages": pipeline_stages(m, steps, probes)}
+
+
+def _rss_at(m: Measurement, t: float) -> int | None:
+    before = [rss for ts, rss, _ in m.samples if ts <= t]
+    return round(before[-1] / MiB) if before else None
+
+
+def timeline(m: Measurement, every: float = 1.0) -> list[list[float]]:
+    """RSS of the tree (MiB) about once a second, relative to the start: for plots/reading."""
+    out: list[list[float]] = []
+    for t, rss, cpu in m.samples:
+        if not out or t - m.started - out[-1][0] >= every:
+            out.append([round(t - m.started, 1), round(rss / MiB), round(cpu, 1)])
+    return out
 
 
 def run_script(label: str, script: str, landing: Path, logs: Path) -> tuple[Measurement, dict]:
@@ -391,7 +413,7 @@ def table(results: dict) -> str:
     """The table of docs/performance.md: wall seconds (CPU seconds in brackets)."""
     label = _label(results["scale"])
     p = results["pipeline"]["stages"]
-    f = results["floor"]["stages"]
+    f = results.get("floor", {}).get("stages", {})
     n = results["notebook"]["stages"] if results.get("notebook") else {}
     total = p["total"]["seconds"]
     rows = [
@@ -439,7 +461,9 @@ def table(results: dict) -> str:
         lines.append(f"| {label} | **incremental (+{share:.1f} % rows)** "
                      f"| {cell(s)} | {100 * s['seconds'] / total:.0f} % of build "
                      f"| {_fmt(s['peak_rss_mib'], 0)} | | | | |")
-    sc = results["scan"]
+    sc = results.get("scan")
+    if not sc:
+        return "\n".join(lines)
     ratio = _fmt(p["read"]["seconds"] / sc["wall_seconds"], 1) if "read" in p else "—"
     lines.append(f"| {label} | SCAN (parse every file once) | | | {_fmt(sc['peak_rss_mib'], 0)} "
                  f"| {sc['wall_seconds']:.1f} ({sc['cpu_seconds']:.0f}) | "
@@ -450,23 +474,25 @@ def table(results: dict) -> str:
 def verdicts(results: dict) -> list[str]:
     p = results["pipeline"]["stages"]
     total = p["total"]["seconds"]
-    floor = results["floor"]["stages"]["total"]["seconds"]
     out = []
 
     def line(name, value, ok, goal):
         out.append(f"- {name}: {value} — target {goal}: {'MET' if ok else 'MISSED'}")
 
-    line("full build ÷ floor", f"{total / floor:.2f}x", total / floor <= TARGETS[
-        "build_vs_floor_max"], "<= 1.5x")
+    if results.get("floor"):
+        floor = results["floor"]["stages"]["total"]["seconds"]
+        line("full build ÷ floor", f"{total / floor:.2f}x", total / floor <= TARGETS[
+            "build_vs_floor_max"], "<= 1.5x")
     if results.get("notebook"):
         nb = results["notebook"]["stages"]["total"]["seconds"]
         line("notebook ÷ full build", f"{nb / total:.2f}x", nb / total >= TARGETS[
             "notebook_vs_build_min"], ">= 3x")
-    fcpu = results["floor"]["stages"]["total"]["cpu_seconds"]
-    out.append(f"- (CPU seconds, less sensitive to other load: build "
-               f"{p['total']['cpu_seconds']:.0f}, floor {fcpu:.0f}"
-               + (f", notebook {results['notebook']['stages']['total']['cpu_seconds']:.0f}"
-                  if results.get("notebook") else "") + ")")
+    if results.get("floor"):
+        fcpu = results["floor"]["stages"]["total"]["cpu_seconds"]
+        out.append(f"- (CPU seconds, less sensitive to other load: build "
+                   f"{p['total']['cpu_seconds']:.0f}, floor {fcpu:.0f}"
+                   + (f", notebook {results['notebook']['stages']['total']['cpu_seconds']:.0f}"
+                      if results.get("notebook") else "") + ")")
     rss = p["total"]["peak_rss_mib"] / 1024
     line("peak RSS (process tree)", f"{rss:.2f} GiB", rss <= TARGETS["peak_rss_max_gib"],
          "<= 4 GB")
@@ -497,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="afterwards, the full build once more under py-spy (raw stacks)")
     ap.add_argument("--profile-rate", type=int, default=20)
     ap.add_argument("--keep", action="store_true", help="keep landing dir and pipeline state")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="skip SCAN, FLOOR and NOTEBOOK (and the checks against them)")
+    ap.add_argument("--experiments", default="",
+                    help="what-if patches applied by pipeline_run.py, comma-separated (see there)")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--table", type=Path, nargs="+", metavar="RESULTS_JSON",
                     help="only print the table and verdicts of earlier results files")
     args = ap.parse_args(argv)
@@ -510,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     work = args.work.resolve()
-    logs = work / f"logs-{args.scale}"
+    tag = f"{args.scale}{'-' + args.tag if args.tag else ''}"
+    logs = work / f"logs-{tag}"
     if logs.exists():
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
@@ -525,17 +557,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['landing']['bytes'] / MiB:.0f} MiB)", flush=True)
     state = work / f"state-{args.scale}"
     try:
-        m, _ = run_script("scan", "scan.py", landing, logs)
-        results["scan"] = m.summary()
-        print(f"scan: {m.wall_seconds:.1f} s", flush=True)
+        floor = notebook = None
+        if not args.pipeline_only:
+            m, _ = run_script("scan", "scan.py", landing, logs)
+            results["scan"] = m.summary()
+            print(f"scan: {m.wall_seconds:.1f} s", flush=True)
 
-        m, floor = run_script("floor", "floor.py", landing, logs)
-        assert m.returncode == 0, f"floor failed, see {logs / 'floor.log'}"
-        results["floor"] = {**m.summary(), "stages": phase_stages(m, floor["phases"])}
-        print(f"floor: {m.wall_seconds:.1f} s", flush=True)
+            m, floor = run_script("floor", "floor.py", landing, logs)
+            assert m.returncode == 0, f"floor failed, see {logs / 'floor.log'}"
+            results["floor"] = {**m.summary(), "stages": phase_stages(m, floor["phases"])}
+            print(f"floor: {m.wall_seconds:.1f} s", flush=True)
 
-        notebook = None
-        if not args.skip_notebook:
+        if not args.skip_notebook and not args.pipeline_only:
             m, notebook = run_script("notebook", "notebook.py", landing, logs)
             assert m.returncode == 0, f"notebook failed, see {logs / 'notebook.log'}"
             results["notebook"] = {**m.summary(), "stages": phase_stages(m, notebook["phases"])}
@@ -544,9 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         if state.exists():
             shutil.rmtree(state)
         state.mkdir(parents=True)
-        run = run_pipeline("pipeline", state, landing, logs)
+        run = run_pipeline("pipeline", state, landing, logs, args.experiments)
         m = run["measurement"]
-        results["pipeline"] = {**m.summary(), "stages": run["stages"], "steps": run["steps"]}
+        results["pipeline"] = {**m.summary(), "stages": run["stages"], "steps": run["steps"],
+                               "rss_timeline": timeline(m), "experiments": args.experiments}
         print(f"pipeline: {m.wall_seconds:.1f} s (exit {m.returncode})", flush=True)
         if m.returncode != 0:
             print(f"pipeline exit status {m.returncode}: see {logs / 'pipeline.log'}",
@@ -557,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         if notebook:
             checks.append(compare(published, notebook, "pipeline", "notebook"))
             checks.append(compare(floor, notebook, "floor", "notebook"))
-        checks.append(compare(published, floor, "pipeline", "floor"))
+        if floor:
+            checks.append(compare(published, floor, "pipeline", "floor"))
         results["checks"] = checks
 
         if not args.skip_incremental:
@@ -566,12 +601,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "share_of_landing_rows": round(
                                         rows / results["landing"]["rows"], 4)}
             try:
-                run = run_pipeline("incremental", state, landing, logs)
+                run = run_pipeline("incremental", state, landing, logs, args.experiments)
             finally:
                 shutil.rmtree(folder)
             m = run["measurement"]
             results["incremental"] = {**m.summary(), "stages": run["stages"],
-                                      "steps": run["steps"]}
+                                      "steps": run["steps"], "rss_timeline": timeline(m)}
             print(f"incremental: {m.wall_seconds:.1f} s", flush=True)
 
         if args.profile:
@@ -579,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             results["profile"] = str(out)
             print(f"py-spy stacks: {out} (summarise with benchmarks/profile_report.py)")
     finally:
-        out = work / f"results-{args.scale}.json"
+        out = work / f"results-{tag}.json"
         out.write_text(json.dumps(results, indent=1, default=str))
         if not args.keep:
             for path in (state, landing):
@@ -592,8 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     print(f"\nmachine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; "
           f"load average at start {m['loadavg_at_start']}; CPU time other processes used "
-          f"meanwhile: pipeline {results['pipeline']['others_cpu_seconds']} s, floor "
-          f"{results['floor']['others_cpu_seconds']} s")
+          f"meanwhile: pipeline {results['pipeline']['others_cpu_seconds']} s"
+          + (f", floor {results['floor']['others_cpu_seconds']} s" if results.get("floor")
+             else ""))
     print(f"results: {out}")
     failed = [c for c in results.get("checks", []) if not c["equal"]]
     return 1 if failed or results["pipeline"]["returncode"] not in (0,) else 0

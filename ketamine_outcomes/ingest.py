@@ -105,9 +105,14 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     # A blocked export is validated again even when unchanged: it is cheap, writes the same
     # accounting, and its asset checks must keep failing (an "unchanged" result would report
     # every check as passed).
-    if (not force and warehouse.ingested_hash(con, export.export_id) == digest
+    unchanged = warehouse.ingested_hash(con, export.export_id) == digest
+    if (not force and unchanged
             and warehouse.ingested_status(con, export.export_id) != "blocked"):
         return ExportResult(export.export_id, "unchanged", digest)
+    if unchanged and not force:
+        # the same blocked content again: same accounting, and it keeps the validated_at of its
+        # first validation (a re-run changes nothing in marts.data_quality)
+        validated_at = warehouse.ingested_at(con, export.export_id) or validated_at
     result = ExportResult(export.export_id, "accepted", digest)
     manifest, manifest_fault = read_manifest(export)
     faults = [manifest_fault] if manifest_fault else []

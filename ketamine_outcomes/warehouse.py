@@ -101,6 +101,12 @@ def ingested_status(con: duckdb.DuckDBPyConnection, export_id: str) -> str | Non
     return rows[0][0] if rows else None
 
 
+def ingested_at(con: duckdb.DuckDBPyConnection, export_id: str):
+    rows = con.execute("SELECT ingested_at FROM ops.exports WHERE export_id = ?",
+                       [export_id]).fetchall()
+    return rows[0][0] if rows else None
+
+
 def stored_outcome(con: duckdb.DuckDBPyConnection, export_id: str) -> dict[str, dict]:
     """What an earlier ingestion of ``export_id`` recorded, per table: row counts and
     quarantined rows per rule (for reporting an unchanged export that is not read again)."""
@@ -139,7 +145,13 @@ def forget_export(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
 
 def record_waiting(con: duckdb.DuckDBPyConnection, export_id: str, status: str, reason: str,
                    validated_at) -> None:
-    """One row for an incomplete or refused folder (replaced on every run until it changes)."""
+    """One row for an incomplete or refused folder. It is kept as first written while status and
+    reason stay the same (``validated_at``: when the folder was first seen so, and a re-run
+    changes nothing), and replaced when they change."""
+    if con.execute("SELECT status, blocking_reason FROM ops.data_quality WHERE export_id = ? "
+                   "AND status IN ('incomplete', 'refused')", [export_id]).fetchall() == [
+                       (status, reason)]:
+        return
     con.execute("DELETE FROM ops.data_quality WHERE export_id = ? AND status IN "
                 "('incomplete', 'refused')", [export_id])
     con.execute(

@@ -10,6 +10,7 @@ only exist in the daemon; the UI only in the webserver.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -143,10 +144,8 @@ class DagsterStack:
                     os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             with _ignore_missing():  # children (run workers, code servers) too
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
@@ -323,7 +322,7 @@ def dagster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterS
         stack.stop()
 
 
-# -- the first export, shared by the e2e and browser tests ------------------------------------------
+# -- the first export, shared by the e2e and browser tests -----------------------------------------
 VALID_EXPORT_ID = "network-20260101T0600"
 INGEST_JOB = "ingest_export_job"
 PUBLISH_JOB = "publish_marts_job"

@@ -218,6 +218,23 @@ def mart_snapshot(path: Path, exclude: tuple[str, ...] = RUN_COLUMNS) -> dict[st
         con.close()
 
 
+def snapshot_diff(got: dict[str, list], want: dict[str, list]) -> str:
+    """Readable difference of two snapshots (mart_snapshot / internal_state): per key, the rows
+    only in one of them. Empty when equal."""
+    out = []
+    for key in sorted(set(got) | set(want)):
+        a, b = got.get(key), want.get(key)
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            only_a = [r for r in a if r not in b][:5]
+            only_b = [r for r in b if r not in a][:5]
+            out.append(f"{key}: only in got {only_a}; only in want {only_b}")
+        else:
+            out.append(f"{key}: got {str(a)[:500]}; want {str(b)[:500]}")
+    return "\n".join(out)
+
+
 def published_run_ids(path: Path) -> set[str]:
     con = duckdb.connect(str(path), read_only=True)
     try:
