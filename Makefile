@@ -35,6 +35,11 @@ $(CHROMIUM):
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m soak tests/test_reliability_*.py
 
+## bench: benchmark at SCALE patients (default 100000; `make bench SCALE=1000000`): the pipeline
+## against a DuckDB floor and a pandas notebook, table of docs/performance.md (not in `make test`)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --scale $(or $(SCALE),100000) $(BENCH_ARGS)
+
 ## dev: Dagster UI (webserver + daemon) on http://localhost:3000; the sensors and the daily
 ## schedule start RUNNING: drop export folders into data/landing (or OUTCOMES_LANDING_DIR)
 dev: $(STAMP) dagster-home

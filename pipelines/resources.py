@@ -25,7 +25,7 @@ def is_lock_error(exc: BaseException) -> bool:
 def connect_waiting_for_lock(
     path: Path,
     timeout_seconds: float,
-    connect: Callable[[Path], duckdb.DuckDBPyConnection] = warehouse.connect,
+    connect: Callable[[Path], duckdb.DuckDBPyConnection] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> duckdb.DuckDBPyConnection:
@@ -35,6 +35,7 @@ def connect_waiting_for_lock(
     engineer's ``duckdb`` shell, a backup copy or a run launched outside the queue. Waiting a
     bounded time (then raising DuckDB's own error) turns those into a delay, not a failed run.
     """
+    connect = connect or warehouse.connect  # looked up per call: tests may wrap it
     deadline = clock() + timeout_seconds
     delay = 0.2
     warned = False
