@@ -159,7 +159,7 @@ def test_no_canary_reaches_any_artifact(tmp_path):
         mpl = os.environ.get("MPLCONFIGDIR") or str(Path.home() / ".config" / "matplotlib")
         res = root.run_cli("canaries", TMPDIR=str(d / "tmp"), HOME=str(d / "home"),
                            MPLCONFIGDIR=mpl)
-        assert_only_blocked_exports_failed(res)
+        assert_only_blocked_exports_failed(root, res)
 
         # the run really processed every canary export: blocked, the good one accepted
         con = duckdb.connect(str(root.warehouse), read_only=True)

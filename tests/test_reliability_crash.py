@@ -179,17 +179,22 @@ def _random_kills(root: Root, rng: random.Random, reference: Reference) -> None:
     assert not snapshot_diff(internal_state(root.internal), reference.state)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (pipelines/cli.py): with the shipped instance config (pool 'warehouse', one slot), a "
-    "SIGKILLed `pipelines.cli run` keeps its pool slot and its run stays STARTED for ever; "
-    "the next run waits for the slot indefinitely (nothing frees it: the daemon's run "
-    "monitoring does not watch in-process runs). See docs/reliability.md."))
-def test_rerun_after_sigkill_with_shipped_instance_config_is_not_blocked(tmp_path):
+def test_rerun_after_sigkill_with_shipped_instance_config(tmp_path):
+    """With pipelines/dagster.yaml as shipped (pool ``warehouse``, one slot), a SIGKILLed CLI
+    run keeps the slot it held and stays STARTED. A re-run then waits for the slot: silently
+    (the wait is logged at INFO, the CLI shows WARNING) and for ever, since the daemon's run
+    monitoring does not watch in-process runs. The documented operator fix (docs/deployment.md
+    "A slot that stays claimed": free the slot) must let it finish with the right marts.
+    XFAIL while the re-run needs that operator action; passes once it does not."""
     with fast_dir(tmp_path, "pools") as d:
-        _rerun_after_kill_with_pools(Root(d, instance_yaml=instance_yaml_shipped()))
+        needed_operator = _rerun_after_kill_with_pools(
+            Root(d, instance_yaml=instance_yaml_shipped()))
+    if needed_operator:
+        pytest.xfail("GAP (pipelines/cli.py): the re-run after a SIGKILLed `pipelines.cli run` "
+                     "waited for the killed run's pool slot until it was freed by hand")
 
 
-def _rerun_after_kill_with_pools(root: Root) -> None:
+def _rerun_after_kill_with_pools(root: Root) -> bool:
     from dagster import DagsterInstance, DagsterRunStatus
 
     from tests.conftest import VALID_TABLES
@@ -200,23 +205,26 @@ def _rerun_after_kill_with_pools(root: Root) -> None:
     killed = root.run_cli("killed", OUTCOMES_FAULT_INJECT="ingest.read")
     assert killed.returncode == -signal.SIGKILL, killed.describe()
 
+    freed = False
     with DagsterInstance.from_config(str(root.home)) as instance:
         dead = {r.run_id for r in instance.get_runs()
                 if r.status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING)}
         rerun = root.start_cli("rerun")
         blocked_since = None
-        while rerun.poll() is None:
+        while rerun.poll() is None and time.monotonic() - rerun.started < 300:
             info = instance.event_log_storage.get_concurrency_info("warehouse")
             held_by_dead = {s.run_id for s in info.claimed_slots} & dead
             if held_by_dead and info.pending_steps:
                 blocked_since = blocked_since or time.monotonic()
-                if time.monotonic() - blocked_since > 10:
-                    rerun.kill()
-                    root.finish(rerun)
-                    pytest.fail("the re-run has waited 10 s for pool slot 'warehouse', held by "
-                                f"the killed run(s) {sorted(held_by_dead)} (still STARTED)")
+                if time.monotonic() - blocked_since > 10:  # blocked: the operator frees it
+                    for run_id in held_by_dead:
+                        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+                    freed = True
             else:
                 blocked_since = None
             time.sleep(1)
     res = root.finish(rerun)
     assert res.returncode == 0, res.describe()
+    assert internal_state(root.internal)["exports"] == {"e1": "accepted"}
+    assert len(published_run_ids(root.warehouse)) == 1
+    return freed

@@ -54,6 +54,7 @@ EVENTS = ["DISSOCIATION", "HYPERTENSION", "NAUSEA_VOMITING", "SEDATION", "ANXIET
 SEVERITIES = ["MILD", "MODERATE", "SEVERE"]
 PIDS = [f"PT{k:04d}" for k in range(1, 7)]
 FAULT_PATIENT = "FAULTPT01"  # a valid patient whose only treatment rows are faulty
+ANCHOR = "ANCHORPT01"  # a valid patient with one complete row in every table
 HUGE = "1" + "0" * 308  # a decimal with 309 digits (~1e308)
 TEN_POW_30 = str(10**30)
 PID = re.compile(data_contracts.table_contract("patients").column("patient_id").pattern)
@@ -95,7 +96,17 @@ def exports(draw) -> tuple[dict[str, Table], str, int]:
     t = {name: Table() for name in TABLES}
     pids = PIDS[:draw(st.integers(1, len(PIDS)))]
     opt = st.none()
-    for pid in pids + [FAULT_PATIENT]:
+    # ANCHOR: one valid row per table with every typed column filled in. Without it, a typed
+    # column whose only non-null values are malformed is "of the wrong type throughout", a
+    # file fault that blocks the whole export (exports.md, docs/decisions.md).
+    t["treatments"].valid.append({"patient_id": ANCHOR, "day": "0", "session_number": "1",
+                                  "route": "IV", "dose_mg": "35", "dose_mg_per_kg": "0.5",
+                                  "duration_min": "40"})
+    t["assessments"].valid.append({"patient_id": ANCHOR, "instrument": "MADRS", "day": "0",
+                                   "score": "30"})
+    t["adverse_events"].valid.append({"patient_id": ANCHOR, "day": "0", "event": "OTHER",
+                                      "severity": "MILD", "serious": "false"})
+    for pid in pids + [FAULT_PATIENT, ANCHOR]:
         t["patients"].valid.append({
             "patient_id": pid, "site_id": draw(st.sampled_from(["site_a", "site-b", "S1"])),
             "indication": draw(st.sampled_from(INDICATIONS)), "sex": draw(st.sampled_from(SEXES)),
@@ -251,8 +262,7 @@ def _quarantined_patients(con: duckdb.DuckDBPyConnection) -> set[str]:
 def check_export(data: tuple[dict[str, Table], str, int]) -> None:
     tables, fmt, seed = data
     rnd = random.Random(seed)
-    with_events = bool(tables["adverse_events"].mixed(random.Random(0)))
-    names = TABLES if with_events else TABLES[:3]
+    names = TABLES
     with tempfile.TemporaryDirectory(prefix="ketamine-hostile-") as d:
         mixed, alone = Path(d) / "mixed" / "clinic-20260101T0000", Path(d) / "alone" / \
             "clinic-20260101T0000"
@@ -291,7 +301,7 @@ HYPOTHESIS = {"deadline": None, "derandomize": False, "suppress_health_check": [
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]}
 
 
-@settings(max_examples=25, **HYPOTHESIS)
+@settings(max_examples=12, **HYPOTHESIS)
 @given(exports())
 def test_mixed_exports_account_every_row_and_stage_only_the_valid_rows(data):
     check_export(data)

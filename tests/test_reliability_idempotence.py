@@ -61,7 +61,7 @@ def runs(tmp_path_factory, reference) -> dict:
 
         def run(name: str) -> None:
             res = root.run_cli(name)
-            assert_only_blocked_exports_failed(res)
+            assert_only_blocked_exports_failed(root, res)
             out["results"].append(res)
             out["marts"].append(mart_snapshot(root.warehouse, RUN_COLUMNS))
             out["state"].append(internal_state(root.internal))
