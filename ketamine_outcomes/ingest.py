@@ -109,10 +109,8 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     if (not force and unchanged
             and warehouse.ingested_status(con, export.export_id) != "blocked"):
         return ExportResult(export.export_id, "unchanged", digest)
-    if unchanged and not force:
-        # the same blocked content again: same accounting, and it keeps the validated_at of its
-        # first validation (a re-run changes nothing in marts.data_quality)
-        validated_at = warehouse.ingested_at(con, export.export_id) or validated_at
+    first_blocked_at = warehouse.ingested_at(con, export.export_id) if (
+        unchanged and not force) else None
     result = ExportResult(export.export_id, "accepted", digest)
     manifest, manifest_fault = read_manifest(export)
     faults = [manifest_fault] if manifest_fault else []
@@ -145,6 +143,10 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     result.data_docs = gx.build_data_docs()
     result.expectations_evaluated = gx.expectations_evaluated
     result.expectations_failed = gx.expectations_failed
+    if result.blocked and first_blocked_at is not None:
+        # the same content blocked again: it keeps the validated_at of its first validation,
+        # so a re-run changes nothing in marts.data_quality
+        validated_at = first_blocked_at
     _write(con, export, manifest, result, validated_at)
     result.seconds = time.perf_counter() - started
     return result
