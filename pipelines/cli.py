@@ -45,6 +45,54 @@ def _instance():
     return DagsterInstance.ephemeral()
 
 
+CLI_PID_TAG = "outcomes/cli_pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release_runs_of_dead_cli_processes(instance) -> None:
+    """A `make run` killed mid-run (SIGKILL, power loss) leaves its in-process run STARTED
+    and its ``warehouse`` pool slot claimed; the daemon's run monitoring does not watch
+    in-process runs, so the next `make run` would wait for that slot for ever. Runs started by
+    a CLI process that no longer exists are marked failed and their slots freed."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    active = instance.get_runs(RunsFilter(statuses=[
+        DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]))
+    for dagster_run in active:
+        pid = dagster_run.tags.get(CLI_PID_TAG)
+        if pid is None or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            dagster_run, message=f"the CLI process {pid} that ran it no longer exists")
+        instance.event_log_storage.free_concurrency_slots_for_run(dagster_run.run_id)
+        print(f"released run {dagster_run.run_id} of a CLI process that was killed",
+              file=sys.stderr)
+
+
+def _was_blocked(paths, export_id: str) -> bool:
+    """True when the export's last validation blocked it (ops.exports, internal warehouse)."""
+    import duckdb
+
+    if not paths.internal_warehouse.exists():
+        return False
+    con = duckdb.connect(str(paths.internal_warehouse), read_only=True)
+    try:
+        rows = con.execute("SELECT status FROM ops.exports WHERE export_id = ?",
+                           [export_id]).fetchall()
+    finally:
+        con.close()
+    return bool(rows) and rows[0][0] == "blocked"
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sample = _prepare_landing(args)
@@ -57,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
     note = " (bundled sample exports)" if sample else ""
     print(f"landing directory: {paths.landing_dir}{note}")
     quiet = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    tags = {CLI_PID_TAG: str(os.getpid())}
+    _release_runs_of_dead_cli_processes(instance)
     ok = defs.resolve_job_def("discover_exports_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=quiet).success
+        instance=instance, raise_on_error=False, run_config=quiet, tags=tags).success
     exports = discover_exports(paths.landing_dir)
     ingest = defs.resolve_job_def("ingest_export_job")
     for export in exports:
@@ -66,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {export.export_id}: {export.status} — {export.reason}")
             continue
         res = ingest.execute_in_process(partition_key=export.export_id, instance=instance,
-                                        raise_on_error=False, run_config=quiet)
-        ok = ok and res.success
+                                        raise_on_error=False, run_config=quiet, tags=tags)
+        # a blocked export fails its run on purpose (blocking asset checks); that is exit 2
+        # (reported by the summary), not a pipeline failure
+        ok = ok and (res.success or _was_blocked(paths, export.export_id))
     publish = defs.resolve_job_def("publish_marts_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=quiet)
+        instance=instance, raise_on_error=False, run_config=quiet, tags=tags)
     ok = ok and publish.success
     if not ok:
         print("pipeline FAILED: see the run logs above (or `make dev` and the Runs page)",
@@ -102,7 +154,7 @@ def _summarise(paths, present: set[str], seconds: float, safety_fired: list[str]
     totals = [0, 0, 0, 0]
     problems = []
     for _export, status, _table, read, acc, quar, dup, reason in quality:
-        if status in ("blocked", "refused"):
+        if status in ("blocked", "refused") and not (reason or "").startswith("export blocked:"):
             problems.append(f"  {status.upper()}: {reason}")
         if status == "accepted":
             totals = [a + (b or 0) for a, b in zip(totals, (read, acc, quar, dup), strict=True)]
