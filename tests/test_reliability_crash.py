@@ -185,13 +185,12 @@ def test_rerun_after_sigkill_with_shipped_instance_config(tmp_path):
     (the wait is logged at INFO, the CLI shows WARNING) and for ever, since the daemon's run
     monitoring does not watch in-process runs. The documented operator fix (docs/deployment.md
     "A slot that stays claimed": free the slot) must let it finish with the right marts.
-    XFAIL while the re-run needs that operator action; passes once it does not."""
+    The CLI now marks runs of dead CLI processes failed and frees their slots."""
     with fast_dir(tmp_path, "pools") as d:
         needed_operator = _rerun_after_kill_with_pools(
             Root(d, instance_yaml=instance_yaml_shipped()))
-    if needed_operator:
-        pytest.xfail("GAP (pipelines/cli.py): the re-run after a SIGKILLed `pipelines.cli run` "
-                     "waited for the killed run's pool slot until it was freed by hand")
+    # the CLI releases the killed run's slot itself: no operator action is needed
+    assert not needed_operator
 
 
 def _rerun_after_kill_with_pools(root: Root) -> bool:

@@ -103,9 +103,5 @@ def test_every_run_publishes_one_new_complete_set(runs):
     assert all(len(i) == 1 for i in runs["ids"]) and len(set().union(*runs["ids"])) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (pipelines/cli.py): a blocked export fails its ingest run (blocking asset check), "
-    "and the CLI turns any failed run into exit 1 'pipeline FAILED' without the summary, "
-    "although its docstring and README promise exit 2 (blocked/refused, rest published)."))
 def test_blocked_export_exits_2_as_documented(runs):
     assert [r.returncode for r in runs["results"]] == [2, 2, 2]
