@@ -79,7 +79,8 @@ def row_rules(contract: TableContract, present_columns: list[str]) -> list[Rule]
                               {"column": c, "regex": fmt["type_patterns"][col.type]}))
         if col.pattern:
             rules.append(Rule(f"{c}.pattern", c, "row", f"{c} must match {col.pattern}",
-                              "ExpectColumnValuesToMatchRegex", {"column": c, "regex": col.pattern}))
+                              "ExpectColumnValuesToMatchRegex",
+                              {"column": c, "regex": col.pattern}))
         if col.enum is not None:
             rules.append(Rule(f"{c}.enum", c, "row", f"{c} must be one of {', '.join(col.enum)}",
                               "ExpectColumnValuesToBeInSet",
@@ -94,7 +95,8 @@ def row_rules(contract: TableContract, present_columns: list[str]) -> list[Rule]
             for code, inst in vocab[f"{col.range_by}s"].items():
                 cond = (col.range_by, code)
                 rules.append(Rule(
-                    f"{c}.range[{code}]", c, "row", f"{code}: {inst['min']} <= {c} <= {inst['max']}",
+                    f"{c}.range[{code}]", c, "row",
+                    f"{code}: {inst['min']} <= {c} <= {inst['max']}",
                     "ExpectColumnValuesToBeBetween",
                     {"column": numeric_column(c), "min_value": inst["min"],
                      "max_value": inst["max"], "row_condition": cond}))
@@ -154,4 +156,5 @@ def age_rule(column: str) -> Rule:
     return Rule(f"{column}.age_over_89", column, "deidentification",
                 "an age over 89 must be given as 90+",
                 "ExpectColumnValuesToNotMatchRegex",
-                {"column": column, "regex": data_contracts.deidentification()["age_over_89_pattern"]})
+                {"column": column,
+                 "regex": data_contracts.deidentification()["age_over_89_pattern"]})

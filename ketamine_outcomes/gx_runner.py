@@ -61,7 +61,8 @@ def _raised(exception_info: Any) -> bool:
     if isinstance(exception_info, dict):
         if exception_info.get("raised_exception"):
             return True
-        return any(isinstance(v, dict) and v.get("raised_exception") for v in exception_info.values())
+        return any(isinstance(v, dict) and v.get("raised_exception")
+                   for v in exception_info.values())
     return bool(getattr(exception_info, "raised_exception", False))
 
 
