@@ -18,6 +18,7 @@ from pathlib import Path
 
 BUCKETS: list[tuple[str, str]] = [
     ("GX: Data Docs build", r"build_data_docs"),
+    ("GX: md5 fingerprint of every batch (hash_pandas_dataframe)", r"hash_pandas_dataframe"),
     ("GX: row_condition filtering (DataFrame.query copies the frame)",
      r"_apply_row_condition_filter"),
     ("GX: regex expectations (pandas str.contains)",
@@ -29,6 +30,9 @@ BUCKETS: list[tuple[str, str]] = [
     ("GX: polars -> pandas", r"DataFrame\.to_pandas"),
     ("GX: context, suites, import", r"GxSession\.__init__|SuiteFactory|add_dataframe_asset|"
      r"ValidationDefinitionFactory|add_expectation|Rule\.build|add_batch_definition"),
+    ("GX: boolean-mask copies of the whole frame (domain / unexpected rows)",
+     r"(column_condition_partial|_pandas_column_map_condition_values|_pandas_map_condition_index)"
+     r"[^;]*;[^;]*DataFrame\.__getitem__"),
     ("GX: other (validator, metric graph, results)", r"great_expectations"),
     ("validate: polars helpers (numeric, known ids, order)",
      r"_with_helper_columns|_with_order_flag"),
@@ -48,10 +52,6 @@ BUCKETS: list[tuple[str, str]] = [
     ("imports", r"_find_and_load"),
     ("Dagster: other", r"dagster"),
 ]
-
-
-def _frame_text(frame: str) -> str:
-    return frame
 
 
 def summarise(path: Path, rate: float) -> tuple[Counter, int]:

@@ -8,7 +8,9 @@ its accounting and nothing else, so no value of it reaches the warehouse.
 
 from __future__ import annotations
 
+import gzip
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +71,11 @@ def _read_all(export: ExportFolder, faults: list[FileFault],
         files = export.table_files.get(contract.name, [])
         if len(files) != 1:
             continue
+        if files[0].name.endswith(".gz") and not _gzip_intact(files[0]):
+            faults.append(FileFault(export.export_id, files[0].name, None, "readable",
+                                    "the file cannot be read (truncated or corrupt compression)"))
+            rows_read[contract.name] = None
+            continue
         try:
             reads[contract.name] = read_table_file(files[0], contract, export.export_id)
         except ExportBlocked as blocked:
@@ -77,6 +84,21 @@ def _read_all(export: ExportFolder, faults: list[FileFault],
             continue
         rows_read[contract.name] = reads[contract.name].rows_read
     return reads
+
+
+def _gzip_intact(path: Path) -> bool:
+    """Whether a gzip file decompresses to its end with the CRC-32 and length of its trailer.
+
+    DuckDB's CSV reader does not check the trailer: a damaged .csv.gz whose deflate stream
+    still decodes (a flipped bit) would be read as other rows or values, silently. Python's
+    gzip module checks both; one streaming pass, nothing kept in memory."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError
+        return False
+    return True
 
 
 def _manifest_faults(export: ExportFolder, manifest: dict | None,

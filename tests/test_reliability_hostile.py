@@ -27,6 +27,7 @@ import select
 import subprocess
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -434,13 +435,23 @@ def fuzz_cases(seed: int, rounds: int = 1) -> list[dict]:
                     data = valid[:rnd.randrange(1, len(valid) - 8)]
             else:  # bit flips (gzip: inside the compressed body, after the 10-byte header)
                 data = _flip(valid, rnd, rnd.randrange(1, 4), 10 if ext == "csv.gz" else 0)
-            # a csv bit flip can leave a well-formed file; random/truncated/gzip damage cannot
-            must_block = kind in ("random", "truncated") or ext == "csv.gz"
+            # a csv bit flip can leave a well-formed file; random/truncated damage cannot; a
+            # gzip bit flip must block unless the data still checks out (CRC-32 and length)
+            must_block = kind in ("random", "truncated") or (
+                ext == "csv.gz" and not _gunzips(data))
             if ext == "csv" and kind == "random" and b"patient_id" in data.lower():
                 must_block = False
             cases.append(_case(f"{ext}-{kind}-{table}-{r}", {f"{table}.{ext}": data},
                                must_block))
     return cases
+
+
+def _gunzips(data: bytes) -> bool:
+    try:
+        gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return True
 
 
 def _case(name: str, files: dict[str, bytes], must_block: bool | None,
@@ -481,6 +492,8 @@ def extreme_cases() -> list[dict]:
                                     .encode()}, True),
         _case("nul-bytes", {"patients.csv": (p + "PT00\x0009,site_a,MDD,F,25-34\n").encode()},
               None),
+        _case("gzip-crc-mismatch", {"assessments.csv.gz": _flip_crc(_valid_bytes(
+            "assessments", "csv.gz"))}, True),
         _case("empty-file", {"treatments.csv": b""}, True),
         _case("header-only", {"assessments.csv": b"patient_id,instrument,day,score\n"},
               False, "accepted"),
@@ -490,6 +503,14 @@ def extreme_cases() -> list[dict]:
               True),
         _case("parquet-nested-types", {"patients.parquet": _nested_parquet()}, True),
     ]
+
+
+def _flip_crc(data: bytes) -> bytes:
+    """A gzip file whose deflate stream is intact but whose CRC-32 (trailer) is wrong: what a
+    reader that skips the trailer check accepts as good data."""
+    b = bytearray(data)
+    b[-6] ^= 0x10
+    return bytes(b)
 
 
 def _nested_parquet() -> bytes:

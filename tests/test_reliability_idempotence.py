@@ -104,4 +104,7 @@ def test_every_run_publishes_one_new_complete_set(runs):
 
 
 def test_blocked_export_exits_2_as_documented(runs):
+    """README: exit 2 when some export was blocked or refused (the rest is published)."""
     assert [r.returncode for r in runs["results"]] == [2, 2, 2]
+    assert all("BLOCKED:" in r.stdout and "pipeline FAILED" not in r.stderr
+               for r in runs["results"])
