@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+import data_contracts
 from ketamine_outcomes.derivation import derive_patient_outcomes
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
 
@@ -131,12 +132,8 @@ _QUARANTINED_COLUMNS = {"patient_id": pl.String, "indication": pl.String}
 
 #: v1 primary instruments, only to let tests write ``scores=`` without naming the instrument.
 PRIMARY = {
-    "MDD": "MADRS",
-    "GAD": "GAD7",
-    "SAD": "LSAS",
-    "OCD": "YBOCS",
-    "CRPS": "NRS_PAIN",
-    "DPN": "NRS_PAIN",
+    code: spec["primary_instrument"]
+    for code, spec in data_contracts.vocabulary()["indications"].items()
 }
 
 

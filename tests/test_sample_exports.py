@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import data_contracts
 from ketamine_outcomes.sample_exports import (
     AGE_BANDS,
     EVENTS,
@@ -47,12 +48,8 @@ INST_MAX = {"MADRS": 60, "PHQ9": 27, "GAD7": 21, "LSAS": 144, "YBOCS": 40, "NRS_
 THRESHOLD = {"MADRS": 50, "GAD7": 50, "LSAS": 30, "YBOCS": 35, "NRS_PAIN": 30, "PHQ9": 50}
 MIN_BASELINE = {"MADRS": 20, "GAD7": 10, "LSAS": 60, "YBOCS": 16, "NRS_PAIN": 4, "PHQ9": 10}
 PRIMARY = {
-    "MDD": "MADRS",
-    "GAD": "GAD7",
-    "SAD": "LSAS",
-    "OCD": "YBOCS",
-    "CRPS": "NRS_PAIN",
-    "DPN": "NRS_PAIN",
+    code: spec["primary_instrument"]
+    for code, spec in data_contracts.vocabulary()["indications"].items()
 }
 #: end-of-induction response among evaluable patients with an endpoint (the issue's ranges)
 RESPONSE_RANGE = {
