@@ -19,9 +19,11 @@ from typing import Any
 import data_contracts
 from data_contracts import TableContract
 
+NUMERIC_SUFFIX = "__num"
+
 
 def numeric_column(name: str) -> str:
-    return f"{name}__num"
+    return f"{name}{NUMERIC_SUFFIX}"
 
 
 def known_column(name: str) -> str:
@@ -42,6 +44,18 @@ class Rule:
     description: str
     expectation_type: str
     kwargs: dict[str, Any]
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The frame columns the expectation looks at (its outcome on a row depends on
+        nothing else, which is what lets validation run on distinct values)."""
+        cols = [self.kwargs["column"]] if "column" in self.kwargs else []
+        if cols and cols[0].endswith(NUMERIC_SUFFIX):  # a number is read from its text
+            cols.insert(0, cols[0].removesuffix(NUMERIC_SUFFIX))
+        cols += list(self.kwargs.get("column_list", []))
+        if "row_condition" in self.kwargs:
+            cols.append(self.kwargs["row_condition"][0])
+        return tuple(dict.fromkeys(cols))
 
     def build(self) -> Any:
         """Instantiate the GX expectation (imports GX)."""

@@ -21,6 +21,12 @@ import polars as pl
 import data_contracts
 from data_contracts import TableContract
 from ketamine_outcomes import expectations as ex
+from ketamine_outcomes.distinct_values import (
+    distinct_frame,
+    distinct_per_column,
+    failing_rows,
+    value_groups,
+)
 from ketamine_outcomes.faults import FileFault
 from ketamine_outcomes.gx_runner import COUNT_RESULT_FORMAT, ROW_RESULT_FORMAT, GxSession
 from ketamine_outcomes.reading import SOURCE_ROW, TableRead, identifier_like_name
@@ -88,9 +94,10 @@ def check_column_names(export_id: str, read: TableRead) -> list[FileFault]:
 def check_identifier_values(gx: GxSession, export_id: str, read: TableRead) -> list[FileFault]:
     """Every column (unknown ones and numeric ones included) against the identifier value
     patterns, and age-like columns against the Safe Harbor age rule. Counts only: GX is
-    asked for no values and no positions."""
+    asked for no values and no positions. Each column's distinct values are checked (a
+    pattern's outcome depends on the value alone), so counts are of distinct values."""
     columns = [c for c in read.frame.columns if c != SOURCE_ROW]
-    frame = read.frame.select(columns)
+    frame = distinct_per_column(read.frame.select(columns))
     age_pattern = re.compile(data_contracts.deidentification()["age_column_pattern"])
     first_pass = [ex.identifier_value_rule(c) for c in columns]
     first_pass += [ex.age_rule(c) for c in columns if age_pattern.search(identifier_like_name(c))]
@@ -109,8 +116,9 @@ def check_identifier_values(gx: GxSession, export_id: str, read: TableRead) -> l
         for r in detail:
             if not r.success:
                 kind = r.rule.rule_id.rsplit(".", 1)[1]
-                faults.append(FileFault(export_id, read.file, r.rule.column, kind,
-                                        f"{r.unexpected_count} value(s) look like a {kind}"))
+                faults.append(FileFault(
+                    export_id, read.file, r.rule.column, kind,
+                    f"{r.unexpected_count} distinct value(s) look like a {kind}"))
     return faults
 
 
@@ -177,17 +185,22 @@ def _typed(contract: TableContract, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(pl.col(SOURCE_ROW), *casts)
 
 
-def _rules_per_position(results: list[ex.Rule] | list, height: int) -> pl.DataFrame:
+def _position_rule_pairs(results: list) -> pl.DataFrame:
+    """``(position, rule)`` for every unexpected position GX reported."""
     parts = [
-        pl.DataFrame({POSITION: r.unexpected_positions, "rule": [r.rule.rule_id] * len(
-            r.unexpected_positions)}, schema={POSITION: pl.Int64, "rule": pl.String})
+        pl.DataFrame({POSITION: r.unexpected_positions, "rule": r.rule.rule_id},
+                     schema={POSITION: pl.Int64, "rule": pl.String})
         for r in results if r.unexpected_positions
     ]
     if not parts:
-        return pl.DataFrame(schema={POSITION: pl.Int64, "rules": pl.String})
+        return pl.DataFrame(schema={POSITION: pl.Int64, "rule": pl.String})
+    return pl.concat(parts)
+
+
+def _rules_per_position(pairs: pl.DataFrame) -> pl.DataFrame:
+    """One row per failing position with its rule ids, sorted and comma-joined."""
     return (
-        pl.concat(parts)
-        .group_by(POSITION)
+        pairs.group_by(POSITION)
         .agg(pl.col("rule").unique().sort().str.join(",").alias("rules"))
     )
 
@@ -220,7 +233,8 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
     )
     frame = _with_helper_columns(contract, frame, known_patients)
     rules = ex.row_rules(contract, read.frame.columns)
-    results = gx.validate(f"{contract.name}.row_rules", frame.drop(POSITION, SOURCE_ROW), rules,
+    groups = value_groups(rules)
+    results = gx.validate(f"{contract.name}.row_rules", distinct_frame(frame, groups), rules,
                           ROW_RESULT_FORMAT)
     for r in results:  # a typed column that fails everywhere is the wrong type throughout
         nonnull = r.element_count - r.missing_count
@@ -228,7 +242,9 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
             col_type = contract.column(r.rule.column).type
             on_type_throughout(FileFault(export_id, read.file, r.rule.column, "column_type",
                                          f"no value of the column is a valid {col_type}"))
-    per_row = _rules_per_position(results, frame.height)
+    failing = failing_rows(frame, POSITION, groups,
+                           {r.rule.rule_id: r.unexpected_positions or [] for r in results})
+    per_row = _rules_per_position(failing)
     quarantined = _quarantine_frame(frame, per_row)
     remaining = _typed(contract, frame.join(per_row, on=POSITION, how="anti"))
 
@@ -241,7 +257,7 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
     first = first.with_row_index(POSITION).with_columns(pl.col(POSITION).cast(pl.Int64))
     conflicts = gx.validate(f"{contract.name}.natural_key", first.select(contract.natural_key),
                             [conflict_rule], ROW_RESULT_FORMAT)
-    conflict_rows = _rules_per_position(conflicts, first.height)
+    conflict_rows = _rules_per_position(_position_rule_pairs(conflicts))
     if conflict_rows.height:
         q2 = first.join(conflict_rows, on=POSITION, how="inner").select(
             pl.col(SOURCE_ROW), pl.col("rules"),
@@ -252,7 +268,8 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
         quarantined = pl.concat([quarantined, q2]).sort(SOURCE_ROW)
     accepted = first.join(conflict_rows, on=POSITION, how="anti").drop(POSITION)
 
-    counts: dict[str, int] = {r.rule.rule_id: r.unexpected_count for r in results}
+    rows_per_rule = dict(failing.group_by("rule").len().iter_rows())
+    counts: dict[str, int] = {r.rule_id: rows_per_rule.get(r.rule_id, 0) for r in rules}
     counts[conflict_rule.rule_id] = conflicts[0].unexpected_count if conflicts else 0
     return TableValidation(
         table=contract.name,

@@ -37,7 +37,7 @@ QUARANTINE_ASSESSMENTS = (
 QUARANTINE_TREATMENTS = VALID_TREATMENTS.replace("PT0002,0,1,IV", "PT0002,0,1,IVX")
 FILE_FAULT_TREATMENTS = VALID_TREATMENTS.replace(",route,", ",rout,")
 DEID_FAULT = ("export chk-4-deid, file patients.csv, column site_id: email_address — "
-              "1 value(s) look like a email_address")
+              "1 distinct value(s) look like a email_address")
 FILE_FAULT_MESSAGE = ("export chk-3-file-fault, file treatments.csv, column route: "
                       "missing_column — required column is absent")
 

@@ -155,7 +155,7 @@ CANARIES = sorted({c[5] for c in CASES.values() if c[5]})
 
 def expected_fault(export_id: str) -> str:
     _, file, column, rule, detail, _ = CASES[export_id]
-    detail = detail or f"1 value(s) look like a {rule}"
+    detail = detail or f"1 distinct value(s) look like a {rule}"
     return f"export {export_id}, file {file}, column {column}: {rule} — {detail}"
 
 
