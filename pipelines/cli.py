@@ -3,6 +3,9 @@
 Exit status: 0 when every complete export was ingested (incomplete folders are reported and
 wait); 2 when some export was blocked or refused (the others are still processed and
 published); 1 when the pipeline itself failed.
+
+An export whose content was already ingested and accepted gets no ingest run (see
+``_skippable``); new, changed and blocked exports get one each, and the publish always runs.
 """
 
 from __future__ import annotations
@@ -93,6 +96,71 @@ def _was_blocked(paths, export_id: str) -> bool:
     return bool(rows) and rows[0][0] == "blocked"
 
 
+# How long the CLI waits for another process's lock on the internal warehouse before it gives
+# up skipping (every complete export then gets its run, as if nothing had been ingested).
+SKIP_READ_TIMEOUT_SECONDS = 10.0
+
+
+def _accepted_exports(paths) -> dict[str, tuple[str, str]]:
+    """export_id -> (content hash, when it was validated) of every export whose last ingestion
+    was accepted (``ops.exports``, internal warehouse), read through a short read-only session.
+
+    Empty when the warehouse does not exist yet or cannot be read (another process holds it
+    longer than ``SKIP_READ_TIMEOUT_SECONDS``, an older file without ``ops.exports``): then
+    nothing is skipped, which is always correct, only slower."""
+    import duckdb
+
+    from pipelines.resources import connect_waiting_for_lock
+
+    path = paths.internal_warehouse
+    if not path.exists():
+        return {}
+    try:
+        con = connect_waiting_for_lock(
+            path, SKIP_READ_TIMEOUT_SECONDS,
+            connect=lambda p: duckdb.connect(str(p), read_only=True))
+    except duckdb.Error as exc:
+        print(f"could not read {path.name} ({type(exc).__name__}); every complete export "
+              f"gets an ingest run", file=sys.stderr)
+        return {}
+    try:
+        rows = con.execute(
+            "SELECT export_id, content_hash, "
+            "strftime(timezone('UTC', ingested_at), '%Y-%m-%d %H:%M:%S UTC') "
+            "FROM ops.exports WHERE status = 'accepted'").fetchall()
+    except duckdb.CatalogException:
+        return {}
+    finally:
+        con.close()
+    return {export_id: (digest, at) for export_id, digest, at in rows}
+
+
+def _materialized_partitions(instance) -> set[str]:
+    """Export partitions whose staged tables have a materialization in this Dagster instance."""
+    from assets.validation import STAGED_TABLES, staged_key
+
+    return set.intersection(*(instance.get_materialized_partitions(staged_key(t))
+                              for t in STAGED_TABLES))
+
+
+def _skippable(export, accepted: dict[str, tuple[str, str]],
+               materialized: set[str]) -> str | None:
+    """When ``export`` needs no ingest run: the time its identical content was validated.
+
+    Its run would only hash the files and report "unchanged". Skipped when the content hash
+    equals that of the export's last ingestion *and* that ingestion was accepted (a blocked
+    export is run every time: its blocking checks must keep failing and the exit status stay
+    2) *and* the instance already shows a materialization of the partition (a run killed
+    after the warehouse commit, or a new DAGSTER_HOME, still gets one run that records it)."""
+    from ketamine_outcomes.discovery import content_hash
+
+    known = accepted.get(export.export_id)
+    if known is None or export.export_id not in materialized:
+        return None
+    digest, validated_at = known
+    return validated_at if content_hash(export) == digest else None
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sample = _prepare_landing(args)
@@ -111,9 +179,15 @@ def run(args: argparse.Namespace) -> int:
         instance=instance, raise_on_error=False, run_config=quiet, tags=tags).success
     exports = discover_exports(paths.landing_dir)
     ingest = defs.resolve_job_def("ingest_export_job")
+    accepted = _accepted_exports(paths)
+    materialized = _materialized_partitions(instance) if accepted else set()
     for export in exports:
         if export.status != "complete":
             print(f"  {export.export_id}: {export.status} — {export.reason}")
+            continue
+        validated_at = _skippable(export, accepted, materialized)
+        if validated_at is not None:
+            print(f"  export {export.export_id} unchanged since {validated_at}, not re-run")
             continue
         res = ingest.execute_in_process(partition_key=export.export_id, instance=instance,
                                         raise_on_error=False, run_config=quiet, tags=tags)
