@@ -1,9 +1,12 @@
 """Ingesting one export folder into the internal warehouse, all or nothing.
 
-An export is read, checked and validated entirely in memory; only then is one transaction
-written: accepted rows to ``staging``, quarantined rows (rules only, no values) to
-``ops.quarantined_rows`` and the accounting to ``ops.data_quality``. A blocked export writes
-its accounting and nothing else, so no value of it reaches the warehouse.
+An export's files are read and its file-level and de-identification rules checked in memory
+first; then one transaction validates the tables one at a time and stages each as soon as it
+is validated (accepted rows to ``staging``, quarantined rows, rules only and no values, to
+``ops.quarantined_rows``, the accounting to ``ops.data_quality``), so only one table's rows
+are held at a time. A blocked export commits its accounting and nothing else (rows staged
+before a later table blocked are removed in the same transaction), so no value of it
+reaches the warehouse; a crash anywhere before the commit leaves the previous state.
 """
 
 from __future__ import annotations
@@ -148,44 +151,26 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
             f"export {export.export_id}, file {read.file}, column {c}: unknown column dropped"
             for c in read.unknown_columns
         ]
-    if not faults:
-        known = warehouse.known_patient_ids(con, export.export_id)
-        for contract in data_contracts.table_contracts():
-            read = reads.get(contract.name)
-            if read is None:
-                continue
-            tv = validate_table(gx, export.export_id, contract, read,
-                                known if contract.references else None, faults.append)
-            result.tables.append(tv)
-            maybe_crash("ingest.validate")
-            if contract.name == "patients":
-                known = pl.concat([known, tv.accepted["patient_id"]]).unique()
-    result.faults = faults
-    result.status = "blocked" if faults else "accepted"
-    result.data_docs = gx.build_data_docs()
-    result.expectations_evaluated = gx.expectations_evaluated
-    result.expectations_failed = gx.expectations_failed
-    if result.blocked and first_blocked_at is not None:
-        # the same content blocked again: it keeps the validated_at of its first validation,
-        # so a re-run changes nothing in marts.data_quality
-        validated_at = first_blocked_at
-    _write(con, export, manifest, result, validated_at)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _write(con: duckdb.DuckDBPyConnection, export: ExportFolder, manifest: dict | None,
-           result: ExportResult, validated_at: datetime) -> None:
     exported_at = (manifest or {}).get("exported_at")
     con.execute("BEGIN TRANSACTION")
     try:
         maybe_crash("ingest.write.begin")
-        warehouse.forget_export(con, export.export_id)
-        con.execute("DELETE FROM ops.data_quality WHERE export_id = ?", [export.export_id])
+        _forget(con, export.export_id)
+        if not faults:
+            _validate_and_stage(con, gx, export.export_id, reads, result, faults,
+                                exported_at, validated_at)
+        result.faults = faults
+        result.status = "blocked" if faults else "accepted"
+        result.data_docs = gx.build_data_docs()
+        result.expectations_evaluated = gx.expectations_evaluated
+        result.expectations_failed = gx.expectations_failed
         if result.blocked:
+            if first_blocked_at is not None:
+                # the same content blocked again: it keeps the validated_at of its first
+                # validation, so a re-run changes nothing in marts.data_quality
+                validated_at = first_blocked_at
+            _forget(con, export.export_id)  # tables staged before a later table blocked
             _write_blocked(con, export, result, exported_at, validated_at)
-        else:
-            _write_accepted(con, export.export_id, result, exported_at, validated_at)
         con.execute(
             "INSERT INTO ops.exports VALUES (?, ?, ?, ?)",
             [export.export_id, result.content_hash, result.status, validated_at],
@@ -196,6 +181,38 @@ def _write(con: duckdb.DuckDBPyConnection, export: ExportFolder, manifest: dict 
         con.execute("ROLLBACK")
         raise
     maybe_crash("ingest.committed")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _forget(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
+    """Remove everything an earlier ingest of this export wrote (inside the transaction)."""
+    warehouse.forget_export(con, export_id)
+    con.execute("DELETE FROM ops.data_quality WHERE export_id = ?", [export_id])
+
+
+def _validate_and_stage(con: duckdb.DuckDBPyConnection, gx: GxSession, export_id: str,
+                        reads: dict[str, TableRead], result: ExportResult,
+                        faults: list[FileFault], exported_at, validated_at: datetime) -> None:
+    """Row rules per table, each table's rows staged as soon as it is validated and then
+    dropped from memory (one table's rows at a time, not the whole export's: the first
+    export of a network is the largest). Runs inside the export's transaction: if a later
+    table turns out to block the export (a column of the wrong type throughout, appended to
+    ``faults``), the caller removes what was staged before it commits."""
+    known = warehouse.known_patient_ids(con, export_id)
+    for contract in data_contracts.table_contracts():
+        read = reads.get(contract.name)
+        if read is None:
+            continue
+        tv = validate_table(gx, export_id, contract, read,
+                            known if contract.references else None, faults.append)
+        result.tables.append(tv)
+        maybe_crash("ingest.validate")
+        if contract.name == "patients":
+            known = pl.concat([known, tv.accepted["patient_id"]]).unique()
+        if not faults:
+            _stage_table(con, export_id, tv, exported_at, validated_at)
+        tv.release_rows()
 
 
 def _write_blocked(con, export: ExportFolder, result: ExportResult, exported_at, validated_at):
@@ -211,26 +228,28 @@ def _write_blocked(con, export: ExportFolder, result: ExportResult, exported_at,
             )
 
 
-def _write_accepted(con, export_id: str, result: ExportResult, exported_at, validated_at):
-    for tv in result.tables:
-        contract = data_contracts.table_contract(tv.table)
-        cols = ", ".join(contract.column_names)
-        accepted_rows = tv.accepted.select(SOURCE_ROW, *contract.column_names)  # noqa: F841
-        con.execute(
-            f"INSERT INTO staging.{tv.table} (export_id, source_row, {cols}) "
-            f"SELECT ?, source_row, {cols} FROM accepted_rows",
-            [export_id],
-        )
-        maybe_crash("ingest.write.middle")
-        quarantined_rows = tv.quarantined  # noqa: F841
-        con.execute(
-            "INSERT INTO ops.quarantined_rows SELECT ?, ?, source_row, rules, patient_id, "
-            "indication FROM quarantined_rows",
-            [export_id, tv.table],
-        )
-        con.execute(
-            "INSERT INTO ops.data_quality VALUES (?, 'accepted', ?, ?, ?, ?, ?, ?, false, NULL, "
-            "TRY_CAST(? AS TIMESTAMPTZ), ?)",
-            [export_id, tv.table, tv.file, tv.rows_read, tv.rows_accepted, tv.rows_quarantined,
-             tv.rows_duplicate, exported_at, validated_at],
-        )
+def _stage_table(con: duckdb.DuckDBPyConnection, export_id: str, tv: TableValidation,
+                 exported_at, validated_at: datetime) -> None:
+    """Accepted rows to ``staging``, quarantined rows (rule ids, no values) to
+    ``ops.quarantined_rows`` and the table's accounting row to ``ops.data_quality``."""
+    contract = data_contracts.table_contract(tv.table)
+    cols = ", ".join(contract.column_names)
+    accepted_rows = tv.accepted.select(SOURCE_ROW, *contract.column_names)  # noqa: F841
+    con.execute(
+        f"INSERT INTO staging.{tv.table} (export_id, source_row, {cols}) "
+        f"SELECT ?, source_row, {cols} FROM accepted_rows",
+        [export_id],
+    )
+    maybe_crash("ingest.write.middle")
+    quarantined_rows = tv.quarantined  # noqa: F841
+    con.execute(
+        "INSERT INTO ops.quarantined_rows SELECT ?, ?, source_row, rules, patient_id, "
+        "indication FROM quarantined_rows",
+        [export_id, tv.table],
+    )
+    con.execute(
+        "INSERT INTO ops.data_quality VALUES (?, 'accepted', ?, ?, ?, ?, ?, ?, false, NULL, "
+        "TRY_CAST(? AS TIMESTAMPTZ), ?)",
+        [export_id, tv.table, tv.file, tv.rows_read, tv.rows_accepted, tv.rows_quarantined,
+         tv.rows_duplicate, exported_at, validated_at],
+    )

@@ -41,9 +41,11 @@ class TableRead:
     unknown_columns: list[str] = field(default_factory=list)
     absent_nullable_columns: list[str] = field(default_factory=list)
 
-    @property
-    def rows_read(self) -> int:
-        return self.frame.height
+    rows_read: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # kept apart from the frame, which validation empties once the rows are staged
+        self.rows_read = self.frame.height
 
 
 class MissingColumns(ExportBlocked):
