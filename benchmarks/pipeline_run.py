@@ -46,7 +46,7 @@ PROBES: list[tuple[str, str, str]] = [
     ("ketamine_outcomes.ingest", "read_table_file", "read.parse"),
     ("ketamine_outcomes.ingest", "check_identifier_values", "validate.deid"),
     ("ketamine_outcomes.ingest", "validate_table", "validate.rows"),
-    ("ketamine_outcomes.ingest", "_write", "validate.stage_write"),
+    ("ketamine_outcomes.ingest", "_stage_table", "validate.stage_write"),
     ("ketamine_outcomes.warehouse", "known_patient_ids", "validate.known_ids"),
     ("ketamine_outcomes.gx_runner", "GxSession.__init__", "gx.session"),
     ("ketamine_outcomes.gx_runner", "GxSession.validate", "gx.validate"),
