@@ -61,9 +61,11 @@ def analyst_marts(context: AssetExecutionContext, outcomes_warehouse: OutcomesWa
     with outcomes_warehouse.internal() as con:
         counts = build_outcome_marts(con, defs, context.run_id, built_at,
                                      source_schema="derived", target_schema="build")
+        # from derived.safety_* and derived.current_*, built once in the patient_outcomes step
         counts["safety_events"] = build_safety_events(con, defs, context.run_id, built_at,
-                                                      target_schema="build")
-        unattributed = unattributed_events(con, "build")
+                                                      target_schema="build",
+                                                      source_schema="derived")
+        unattributed = unattributed_events(con, "build", source_schema="derived")
         counts["data_quality"] = build_data_quality(con, context.run_id, built_at,
                                                     defs.definition_version)
         publish_marts(con, MARTS, paths.warehouse)

@@ -1,4 +1,11 @@
-"""Stage ``outcomes``: each patient's outcome per analysed instrument (internal only)."""
+"""Stage ``outcomes``: each patient's outcome per analysed instrument (internal only).
+
+The step also materialises what every later step of the build reads, once: the superseded
+staging tables (``derived.current_*``) and the safety session and attribution tables
+(``derived.safety_sessions``, ``derived.safety_attributed_events``). The marts step and the
+safety signal checks run in other steps (often other processes), so computing these there
+meant computing them twice (docs/performance.md items 5 and 8).
+"""
 
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -6,6 +13,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from assets.validation import STAGED_TABLES, staged_key
 from ketamine_outcomes.derivation import derive_patient_outcomes
 from ketamine_outcomes.outcome_definitions import load_definitions
+from ketamine_outcomes.safety import build_safety_tables
 from pipelines.resources import OutcomesWarehouse
 
 
@@ -19,14 +27,17 @@ from pipelines.resources import OutcomesWarehouse
         "Patient-level derivation (outcomes.md): baseline, end-of-induction status, ever "
         "response, time to first response or censoring, sessions to response, populations and "
         "attrition reasons, from the superseded staging tables. Lives in the internal warehouse "
-        "(schema derived) and never in the analyst file."
+        "(schema derived) and never in the analyst file. Also materialises, once per build, "
+        "the superseded tables (derived.current_*) and the safety session and attribution "
+        "tables read by the safety mart and the safety signal checks."
     ),
 )
 def patient_outcomes(context: AssetExecutionContext,
                      outcomes_warehouse: OutcomesWarehouse) -> MaterializeResult:
     defs = load_definitions()
     with outcomes_warehouse.internal() as con:
-        derive_patient_outcomes(con, defs, schema="derived")
+        derive_patient_outcomes(con, defs, schema="derived")  # + derived.current_*
+        build_safety_tables(con, schema="derived")
         rows = con.execute(
             "SELECT indication, instrument, count(*) AS patients FROM derived.patient_outcomes "
             "GROUP BY ALL ORDER BY ALL").fetchall()

@@ -3,8 +3,11 @@
 One asset check per configured adverse-event type, severity WARN and never blocking: a safety
 signal is for a person to look at (a change in case mix can raise a rate too), not a reason to
 withhold the marts, which publish the counts either way. The checks recompute the comparison
-from the internal warehouse (the mart does not carry the export calendar), with the same scope
-and attribution as the mart (``ketamine_outcomes.safety``).
+from the internal warehouse (the mart does not carry the export calendar), from the same
+monitored sessions and attributed events as the mart: ``derived.safety_sessions`` and
+``derived.safety_attributed_events``, built once per build in the ``patient_outcomes`` step
+(``ketamine_outcomes.safety``); this step runs in its own process, so tables it built itself
+would be a second computation of the same thing.
 """
 
 from collections.abc import Iterator
@@ -64,7 +67,7 @@ def safety_signal_checks(
     """One result per declared spec, always (an event type without data passes)."""
     defs = load_definitions()
     with outcomes_warehouse.internal() as con:
-        signals = safety_signals(con, defs)
+        signals = safety_signals(con, defs, source_schema="derived")
     for signal in signals:
         if signal.fired:
             context.log.warning(f"safety signal {signal.summary}")

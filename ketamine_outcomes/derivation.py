@@ -11,7 +11,13 @@ Thresholds are compared on exact DECIMAL values (scores are ``DECIMAL(6,1)``, th
 7.0 -> 4.9 and 6.0 -> 4.2 would wrongly be non-responses at 30 %.
 
 Inputs (the staging interface): ``staging.current_patients``, ``staging.current_treatments``,
-``staging.current_assessments``, ``staging.quarantined_patients``.
+``staging.current_assessments``, ``staging.current_adverse_events``,
+``staging.quarantined_patients``. The ``current_*`` inputs are first copied once into
+``<schema>.current_*`` (``warehouse.materialise_current``) and the statement reads those: the
+views recompute supersession at every reference, and the statement refers to the current
+assessments four times and the treatments twice (at 1M patients, 14 hash aggregates of which
+most were supersession, docs/performance.md item 8). The safety tables
+(``safety.build_safety_tables``) read the same copies, so one build sees one supersession.
 
 Attrition reasons (per analysis, the first that applies, outcomes.md "Disclosure control"):
 
@@ -28,12 +34,14 @@ Attrition reasons (per analysis, the first that applies, outcomes.md "Disclosure
 
 from __future__ import annotations
 
-import re
-
 import duckdb
 
 from ketamine_outcomes.fault_injection import maybe_crash
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
+from ketamine_outcomes.warehouse import (  # quote_identifier: also imported from here
+    materialise_current,
+    quote_identifier,
+)
 
 #: Attrition reasons in the order they are checked (the first that applies wins).
 ATTRITION_REASONS: tuple[str, ...] = (
@@ -48,17 +56,9 @@ ATTRITION_REASONS: tuple[str, ...] = (
 #: The analyses patients can drop out of (marts.attrition.analysis).
 ANALYSES: tuple[str, ...] = ("end_of_induction", "ever", "time_to_response")
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FLOAT_TYPES = {"FLOAT", "REAL", "DOUBLE", "FLOAT4", "FLOAT8"}
 # Exact type of every threshold: wide enough for any instrument range, exact for tenths.
 _THRESHOLD_TYPE = "DECIMAL(9,4)"
-
-
-def quote_identifier(name: str) -> str:
-    """Validate a schema name (it is interpolated into SQL) and return it quoted."""
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"invalid schema name {name!r}")
-    return f'"{name}"'
 
 
 def derive_patient_outcomes(
@@ -68,6 +68,8 @@ def derive_patient_outcomes(
 
     Tables (replaced on every call, so a re-run is idempotent):
 
+    * ``current_patients``, ``current_treatments``, ``current_assessments``,
+      ``current_adverse_events`` — the supersession views evaluated once for this build;
     * ``instrument_thresholds`` — the effective per-instrument thresholds as exact decimals;
     * ``indication_instruments`` — indication x instrument pairs that can be analysed: the
       primary instrument (role ``primary``) and every secondary instrument (role ``secondary``);
@@ -77,6 +79,7 @@ def derive_patient_outcomes(
     s = quote_identifier(schema)
     _check_score_type(con)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+    materialise_current(con, schema)
     _write_thresholds(con, defs, s)
     _write_indication_instruments(con, defs, s)
     maybe_crash("derive")
@@ -167,18 +170,18 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
     WITH
     patients AS (
         SELECT patient_id, site_id, indication, sex, age_band, FALSE AS quarantined
-        FROM staging.current_patients
+        FROM {s}.current_patients
         UNION ALL
         -- patients whose only patient rows were quarantined (indication NULL when invalid)
         SELECT q.patient_id, NULL, q.indication, NULL, NULL, TRUE
         FROM staging.quarantined_patients AS q
         WHERE NOT EXISTS (
-            SELECT 1 FROM staging.current_patients AS p WHERE p.patient_id = q.patient_id
+            SELECT 1 FROM {s}.current_patients AS p WHERE p.patient_id = q.patient_id
         )
     ),
     secondary_collected AS (
         SELECT DISTINCT patient_id, instrument
-        FROM staging.current_assessments
+        FROM {s}.current_assessments
         WHERE instrument IN ({secondary})
     ),
     pairs AS (
@@ -204,14 +207,14 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
             count(*) AS n_administrations,
             -- route of the first administration: smallest day, then smallest session_number
             first(route ORDER BY day, session_number) AS first_route
-        FROM staging.current_treatments
+        FROM {s}.current_treatments
         GROUP BY patient_id
     ),
     baseline AS (
         -- the LAST assessment in the baseline window (day 0 is pre-dose)
         SELECT patient_id, instrument, max(day) AS baseline_day,
                arg_max(score, day) AS baseline_score
-        FROM staging.current_assessments
+        FROM {s}.current_assessments
         WHERE day BETWEEN {b.start} AND {b.end}
         GROUP BY patient_id, instrument
     ),
@@ -219,7 +222,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
         -- the LAST assessment in the endpoint (end of induction) window
         SELECT patient_id, instrument, max(day) AS endpoint_day,
                arg_max(score, day) AS endpoint_score
-        FROM staging.current_assessments
+        FROM {s}.current_assessments
         WHERE day BETWEEN {e.start} AND {e.end}
         GROUP BY patient_id, instrument
     ),
@@ -230,7 +233,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
                 100 * (bl.baseline_score - a.score) >= t.response_reduction_pct * bl.baseline_score
             END AS meets_response,
             a.score <= t.remission_max AS meets_remission
-        FROM staging.current_assessments AS a
+        FROM {s}.current_assessments AS a
         JOIN {s}.instrument_thresholds AS t USING (instrument)
         LEFT JOIN baseline AS bl USING (patient_id, instrument)
         WHERE a.day BETWEEN {f.start} AND {f.end}
@@ -250,7 +253,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
         -- administrations strictly before the response day (ratings precede that day's dose)
         SELECT fu.patient_id, fu.instrument, count(*) AS n_sessions_before_response
         FROM followup AS fu
-        JOIN staging.current_treatments AS tr
+        JOIN {s}.current_treatments AS tr
             ON tr.patient_id = fu.patient_id AND tr.day < fu.first_response_day
         WHERE fu.first_response_day IS NOT NULL
         GROUP BY fu.patient_id, fu.instrument

@@ -1,10 +1,21 @@
 """Safety monitoring: ``marts.safety_events`` and the safety signal checks (no Dagster here).
 
-Inputs (the staging interface of the internal warehouse): ``staging.current_patients``,
-``staging.current_treatments``, ``staging.current_adverse_events``; the per-export tables
-``staging.<table>`` (``export_id``) and ``ops.data_quality`` (which export carried which table
-file, and when it was exported). Counting is bulk DuckDB SQL; the only Python arithmetic is
-vectorised numpy over mart rows or over the nine event types, never over patients or events.
+Inputs (the internal warehouse): ``derived.current_patients``, ``derived.current_treatments``,
+``derived.current_adverse_events`` (the supersession views materialised once per build,
+``warehouse.materialise_current``); the per-export tables ``staging.<table>`` (``export_id``)
+and ``ops.data_quality`` (which export carried which table file, and when it was exported).
+Counting is bulk DuckDB SQL; the only Python arithmetic is vectorised numpy over mart rows or
+over the nine event types, never over patients or events.
+
+Two steps, because the mart and the signal checks need the same session and attribution
+tables and run in different Dagster steps (often different processes, so temporary tables do
+not carry over): ``build_safety_tables`` writes ``derived.safety_sessions`` (monitored
+sessions) and ``derived.safety_attributed_events`` (the ASOF attribution) once per build, in
+the ``patient_outcomes`` step; ``build_safety_events`` and ``safety_signals`` only read them
+(docs/performance.md item 5: built in each consumer, they were computed twice per build). The
+tables do not depend on the outcome definitions (the dose band is applied by the readers), so
+a reader with other definitions never sees bands of a previous configuration, and the checks
+see the same sessions as the mart they are attached to.
 
 Choices (docs/decisions.md "Safety monitoring" says why):
 
@@ -44,8 +55,7 @@ Choices (docs/decisions.md "Safety monitoring" says why):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -90,8 +100,9 @@ SIGNAL_TEST = (
 #: Confidence interval of the rates in the signal metadata.
 RATE_CI_METHOD = "exact Poisson (Garwood)"
 
-_SESSIONS = "_ko_safety_sessions"
-_EVENTS = "_ko_safety_events"
+#: Tables of ``build_safety_tables`` (in its schema, ``derived`` in the pipeline).
+SESSIONS_TABLE = "safety_sessions"
+ATTRIBUTED_EVENTS_TABLE = "safety_attributed_events"
 
 
 def adverse_event_types() -> tuple[str, ...]:
@@ -134,48 +145,77 @@ def _band_order(defs: OutcomeDefinitions) -> list[str]:
     return [b.label for b in defs.safety_dose_bands] + [defs.safety_unknown_dose_band]
 
 
-@contextmanager
-def _staged(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions) -> Iterator[None]:
-    """Temp tables for one computation: monitored sessions with their cell, and attributed
-    events (one row per current adverse event that has a session on or before its day)."""
+def build_safety_tables(con: duckdb.DuckDBPyConnection, schema: str = "derived") -> None:
+    """``<schema>.safety_sessions`` (monitored sessions, one row per current administration
+    of a monitored patient with an accepted patient row: patient, day, session number,
+    indication, route, mg/kg dose) and ``<schema>.safety_attributed_events`` (one row per
+    current adverse event that has a session on or before its day, with that session's day
+    and number).
+
+    Reads ``<schema>.current_*`` (``warehouse.materialise_current`` first; the pipeline's
+    ``derive_patient_outcomes`` does that). Each table is replaced in one statement, so a
+    crash leaves the previous build's table or the new one; sessions are written first and
+    the events read them, and the next build replaces both.
+    """
+    s = quote_identifier(schema)
     per_export = " UNION ".join(
         f"SELECT patient_id FROM staging.{c.name} WHERE export_id IN (SELECT export_id FROM "
         "ae_exports)"
         for c in data_contracts.table_contracts()
     )
-    try:
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE {_SESSIONS} AS
-            WITH ae_exports AS (
-                SELECT DISTINCT export_id FROM ops.data_quality
-                WHERE table_name = 'adverse_events' AND status = 'accepted' AND NOT blocked
-            ), monitored AS ({per_export})
-            SELECT t.patient_id, t.day, t.session_number, p.indication, t.route,
-                   {dose_band_sql(defs, "t.dose_mg_per_kg")} AS dose_band
-            FROM staging.current_treatments t
-            JOIN staging.current_patients p USING (patient_id)
-            WHERE t.patient_id IN (SELECT patient_id FROM monitored)
-            """
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {s}.{SESSIONS_TABLE} AS
+        WITH ae_exports AS (
+            SELECT DISTINCT export_id FROM ops.data_quality
+            WHERE table_name = 'adverse_events' AND status = 'accepted' AND NOT blocked
+        ), monitored AS ({per_export})
+        SELECT t.patient_id, t.day, t.session_number, p.indication, t.route, t.dose_mg_per_kg
+        FROM {s}.current_treatments t
+        JOIN {s}.current_patients p USING (patient_id)
+        WHERE t.patient_id IN (SELECT patient_id FROM monitored)
+        """
+    )
+    # ASOF: the latest administration day <= the event day; the last session of that day.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {s}.{ATTRIBUTED_EVENTS_TABLE} AS
+        WITH last_of_day AS (
+            SELECT patient_id, day, max(session_number) AS session_number
+            FROM {s}.{SESSIONS_TABLE} GROUP BY patient_id, day
         )
-        # ASOF: the latest administration day <= the event day; the last session of that day.
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE {_EVENTS} AS
-            WITH last_of_day AS (
-                SELECT patient_id, day, max(session_number) AS session_number
-                FROM {_SESSIONS} GROUP BY patient_id, day
-            )
-            SELECT e.patient_id, e.day AS event_day, e.event, e.serious,
-                   l.day AS session_day, l.session_number
-            FROM staging.current_adverse_events e
-            ASOF JOIN last_of_day l ON e.patient_id = l.patient_id AND e.day >= l.day
-            """
+        SELECT e.patient_id, e.day AS event_day, e.event, e.serious,
+               l.day AS session_day, l.session_number
+        FROM {s}.current_adverse_events e
+        ASOF JOIN last_of_day l ON e.patient_id = l.patient_id AND e.day >= l.day
+        """
+    )
+
+
+def _safety_tables(con: duckdb.DuckDBPyConnection, schema: str) -> str:
+    """The quoted schema of ``build_safety_tables``' output; a clear error when it is missing
+    (a consumer run against a warehouse that was never derived by this version)."""
+    present = {
+        r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ?", [schema]).fetchall()
+    }
+    missing = [t for t in (SESSIONS_TABLE, ATTRIBUTED_EVENTS_TABLE) if t not in present]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(f'{schema}.{t}' for t in missing)} missing: run the derivation first "
+            "(patient_outcomes; safety.build_safety_tables)"
         )
-        yield
-    finally:
-        con.execute(f"DROP TABLE IF EXISTS temp.main.{_SESSIONS}")
-        con.execute(f"DROP TABLE IF EXISTS temp.main.{_EVENTS}")
+    return quote_identifier(schema)
+
+
+def _sessions_sql(defs: OutcomeDefinitions, s: str) -> str:
+    """Monitored sessions with their dose band under ``defs``."""
+    return (
+        f"SELECT patient_id, day, session_number, indication, route, "
+        f"{dose_band_sql(defs, 'dose_mg_per_kg')} AS dose_band FROM {s}.{SESSIONS_TABLE}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,18 +229,19 @@ def build_safety_events(
     run_id: str,
     built_at: datetime,
     target_schema: str = "build",
+    source_schema: str = "derived",
 ) -> int:
     """Build ``<target_schema>.safety_events`` (marts.md) and return its row count.
 
-    ``built_at`` must be timezone-aware (stored as UTC ``TIMESTAMPTZ`` like every mart). The
-    table is replaced, so a re-run is idempotent. Without monitored sessions (no export carried
-    an ``adverse_events`` file) the mart is empty but keeps its columns.
+    Reads the tables of ``build_safety_tables`` in ``source_schema``. ``built_at`` must be
+    timezone-aware (stored as UTC ``TIMESTAMPTZ`` like every mart). The table is replaced, so
+    a re-run is idempotent. Without monitored sessions (no export carried an
+    ``adverse_events`` file) the mart is empty but keeps its columns.
     """
     if built_at.tzinfo is None or built_at.utcoffset() is None:
         raise ValueError("built_at must be timezone-aware (UTC)")
     target = quote_identifier(target_schema)
-    with _staged(con, defs):
-        counts = _cell_counts(con, defs)
+    counts = _cell_counts(con, defs, _safety_tables(con, source_schema))
     n = counts["n_patients"].to_numpy()
     k = counts["n_patients_with_event"].to_numpy()
     low, high = statistics.proportion_ci(k, n, defs.ci_method, defs.confidence)
@@ -222,21 +263,23 @@ def build_safety_events(
     return _write_mart(con, target, "safety_events", frame, SAFETY_EVENTS_SCHEMA, common)
 
 
-def _cell_counts(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions) -> pl.DataFrame:
+def _cell_counts(
+    con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions, source: str
+) -> pl.DataFrame:
     """Unsuppressed counts per cell x event type, every configured event type in every cell."""
     events = adverse_event_types()
     return con.sql(
         f"""
-        WITH cells AS (
+        WITH sessions AS ({_sessions_sql(defs, source)}), cells AS (
             SELECT indication, route, dose_band, count(*) AS n_sessions,
                    count(DISTINCT patient_id) AS n_patients
-            FROM {_SESSIONS} GROUP BY indication, route, dose_band
+            FROM sessions GROUP BY indication, route, dose_band
         ), per_event AS (
             SELECT s.indication, s.route, s.dose_band, a.event, count(*) AS n_events,
                    count(DISTINCT a.patient_id) AS n_patients_with_event,
                    count(*) FILTER (WHERE a.serious) AS n_serious
-            FROM {_EVENTS} a
-            JOIN {_SESSIONS} s ON a.patient_id = s.patient_id AND a.session_day = s.day
+            FROM {source}.{ATTRIBUTED_EVENTS_TABLE} a
+            JOIN sessions s ON a.patient_id = s.patient_id AND a.session_day = s.day
                  AND a.session_number = s.session_number
             GROUP BY s.indication, s.route, s.dose_band, a.event
         ), event_types AS (SELECT unnest({_sql_list(events)}) AS event)
@@ -257,12 +300,15 @@ def _cell_counts(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions) -> pl
     ).pl()
 
 
-def unattributed_events(con: duckdb.DuckDBPyConnection, target_schema: str = "build") -> int:
-    """Current adverse events not in ``<target_schema>.safety_events`` (built just before):
-    no administration on or before the event day, or no accepted patient row. Reported as
-    Dagster metadata so that nothing is left out silently."""
+def unattributed_events(con: duckdb.DuckDBPyConnection, target_schema: str = "build",
+                        source_schema: str = "derived") -> int:
+    """Current adverse events (of this build: ``<source_schema>.current_adverse_events``) not
+    in ``<target_schema>.safety_events`` (built just before): no administration on or before
+    the event day, or no accepted patient row. Reported as Dagster metadata so that nothing
+    is left out silently."""
     target = quote_identifier(target_schema)
-    total = con.execute("SELECT count(*) FROM staging.current_adverse_events").fetchall()[0]
+    source = quote_identifier(source_schema)
+    total = con.execute(f"SELECT count(*) FROM {source}.current_adverse_events").fetchall()[0]
     counted = con.execute(f"SELECT coalesce(sum(n_events), 0) FROM {target}.safety_events")
     return int(total[0] if total else 0) - int(counted.fetchall()[0][0])
 
@@ -342,62 +388,65 @@ def poisson_rate_ci(
     return np.where(t > 0, low, np.nan), np.where(t > 0, high, np.nan)
 
 
-def safety_signals(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions) -> list[SafetySignal]:
+def safety_signals(
+    con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions, source_schema: str = "derived"
+) -> list[SafetySignal]:
     """One :class:`SafetySignal` per configured adverse-event type (contract order).
 
-    Same scope as the mart (monitored sessions, events attributed to the session they
-    followed). The test conditions on the total events: under equal rates the recent events
-    are Binomial(recent + earlier events, recent sessions / all sessions); the p-value is
+    Same scope as the mart, from the same tables (``build_safety_tables`` in
+    ``source_schema``: monitored sessions, events attributed to the session they followed).
+    The test conditions on the total events: under equal rates the recent events are
+    Binomial(recent + earlier events, recent sessions / all sessions); the p-value is
     P(X >= recent events). With no recent or no earlier sessions there is no test (p NULL);
     the threshold still applies whenever there are recent sessions.
     """
     config = defs.safety_signals
     events = adverse_event_types()
-    with _staged(con, defs):
-        counts = con.sql(
-            f"""
-            WITH export_times AS (
-                SELECT export_id,
-                       coalesce(max(exported_at), max(validated_at)) AS delivered_at
-                FROM ops.data_quality WHERE status = 'accepted' AND NOT blocked
-                GROUP BY export_id
-            ), bounds AS (
-                SELECT max(delivered_at) AS newest,
-                       max(delivered_at) - to_days(CAST($window AS INTEGER)) AS since
-                FROM export_times
-            ), first_delivery AS (
-                SELECT t.patient_id, t.day, t.session_number, min(x.delivered_at) AS first_at
-                FROM staging.treatments t JOIN export_times x USING (export_id)
-                GROUP BY t.patient_id, t.day, t.session_number
-            ), periods AS (
-                SELECT s.patient_id, s.day, s.session_number,
-                       coalesce(f.first_at >= b.since, false) AS recent
-                FROM {_SESSIONS} s CROSS JOIN bounds b
-                LEFT JOIN first_delivery f USING (patient_id, day, session_number)
-            ), sessions AS (
-                SELECT count(*) FILTER (WHERE recent) AS recent_sessions,
-                       count(*) FILTER (WHERE NOT recent) AS earlier_sessions
-                FROM periods
-            ), per_event AS (
-                SELECT a.event, count(*) FILTER (WHERE p.recent) AS recent_events,
-                       count(*) FILTER (WHERE NOT p.recent) AS earlier_events
-                FROM {_EVENTS} a
-                JOIN periods p ON a.patient_id = p.patient_id AND a.session_day = p.day
-                     AND a.session_number = p.session_number
-                GROUP BY a.event
-            ), event_types AS (
-                SELECT unnest({_sql_list(events)}) AS event,
-                       generate_subscripts({_sql_list(events)}, 1) AS event_order
-            )
-            SELECT t.event, s.recent_sessions, coalesce(e.recent_events, 0) AS recent_events,
-                   s.earlier_sessions, coalesce(e.earlier_events, 0) AS earlier_events,
-                   timezone('UTC', b.newest) AS newest, timezone('UTC', b.since) AS since
-            FROM event_types t CROSS JOIN sessions s CROSS JOIN bounds b
-            LEFT JOIN per_event e USING (event)
-            ORDER BY t.event_order
-            """,
-            params={"window": config.recent_window_days},
-        ).pl()
+    source = _safety_tables(con, source_schema)
+    counts = con.sql(
+        f"""
+        WITH export_times AS (
+            SELECT export_id,
+                   coalesce(max(exported_at), max(validated_at)) AS delivered_at
+            FROM ops.data_quality WHERE status = 'accepted' AND NOT blocked
+            GROUP BY export_id
+        ), bounds AS (
+            SELECT max(delivered_at) AS newest,
+                   max(delivered_at) - to_days(CAST($window AS INTEGER)) AS since
+            FROM export_times
+        ), first_delivery AS (
+            SELECT t.patient_id, t.day, t.session_number, min(x.delivered_at) AS first_at
+            FROM staging.treatments t JOIN export_times x USING (export_id)
+            GROUP BY t.patient_id, t.day, t.session_number
+        ), periods AS (
+            SELECT s.patient_id, s.day, s.session_number,
+                   coalesce(f.first_at >= b.since, false) AS recent
+            FROM {source}.{SESSIONS_TABLE} s CROSS JOIN bounds b
+            LEFT JOIN first_delivery f USING (patient_id, day, session_number)
+        ), sessions AS (
+            SELECT count(*) FILTER (WHERE recent) AS recent_sessions,
+                   count(*) FILTER (WHERE NOT recent) AS earlier_sessions
+            FROM periods
+        ), per_event AS (
+            SELECT a.event, count(*) FILTER (WHERE p.recent) AS recent_events,
+                   count(*) FILTER (WHERE NOT p.recent) AS earlier_events
+            FROM {source}.{ATTRIBUTED_EVENTS_TABLE} a
+            JOIN periods p ON a.patient_id = p.patient_id AND a.session_day = p.day
+                 AND a.session_number = p.session_number
+            GROUP BY a.event
+        ), event_types AS (
+            SELECT unnest({_sql_list(events)}) AS event,
+                   generate_subscripts({_sql_list(events)}, 1) AS event_order
+        )
+        SELECT t.event, s.recent_sessions, coalesce(e.recent_events, 0) AS recent_events,
+               s.earlier_sessions, coalesce(e.earlier_events, 0) AS earlier_events,
+               timezone('UTC', b.newest) AS newest, timezone('UTC', b.since) AS since
+        FROM event_types t CROSS JOIN sessions s CROSS JOIN bounds b
+        LEFT JOIN per_event e USING (event)
+        ORDER BY t.event_order
+        """,
+        params={"window": config.recent_window_days},
+    ).pl()
     k1 = counts["recent_events"].to_numpy().astype(np.int64)
     n1 = counts["recent_sessions"].to_numpy().astype(np.int64)
     k0 = counts["earlier_events"].to_numpy().astype(np.int64)

@@ -50,3 +50,18 @@ def resolve_paths(
         warehouse or os.environ.get("OUTCOMES_WAREHOUSE") or data / "warehouse" / "outcomes.duckdb"
     )
     return Paths(landing_dir=landing.absolute(), warehouse=wh.absolute(), data_dir=data.absolute())
+
+
+#: Environment variable holding DuckDB's memory limit for the internal warehouse.
+DUCKDB_MEMORY_LIMIT_ENV = "OUTCOMES_DUCKDB_MEMORY_LIMIT"
+#: Default cap: DuckDB's own default is 80 % of RAM, which on a shared machine lets the
+#: derivation, the marts and the safety checks each take several GB on top of what Python
+#: holds (docs/performance.md, "Where the memory goes"); with a cap DuckDB spills to disk.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "3GB"
+
+
+def duckdb_memory_limit(value: str | None = None) -> str:
+    """DuckDB ``memory_limit`` for warehouse connections: ``value``, else
+    ``OUTCOMES_DUCKDB_MEMORY_LIMIT``, else 3GB. Any size DuckDB accepts (``2GB``, ``512MiB``,
+    ``75%``)."""
+    return (value or os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT).strip()

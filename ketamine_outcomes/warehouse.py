@@ -4,6 +4,11 @@ Schemas (none of them analyst-facing; the published file holds only ``marts``):
 - ``staging.<table>``: accepted rows of every ingested export, typed, with export_id and
   source_row; ``staging.current_<table>``: natural-key supersession over all of them (the
   row of the export that sorts last by name wins; rows a later export does not repeat stay).
+- ``derived.current_<table>``: the same supersession materialised once per build
+  (``materialise_current``, in the ``patient_outcomes`` step). A view is recomputed at every
+  reference, and the derivation and the safety tables refer to the current assessments and
+  treatments many times (7 scans and re-aggregations of ``staging.assessments`` per build,
+  docs/performance.md); build consumers read these tables, analysts and tests the views.
 - ``ops.quarantined_rows``: export, table, source row and the rule(s) broken (no values).
 - ``ops.data_quality``: the row accounting, one row per export and table.
 - ``ops.exports``: which export content (hash) was ingested.
@@ -11,6 +16,7 @@ Schemas (none of them analyst-facing; the published file holds only ``marts``):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -18,6 +24,7 @@ import polars as pl
 
 import data_contracts
 from data_contracts import TableContract
+from ketamine_outcomes.settings import duckdb_memory_limit
 
 SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN"}
 
@@ -31,12 +38,59 @@ def _sql_type(col_type: str) -> str:
     return score_decimal_type() if col_type == "decimal" else SQL_TYPES[col_type]
 
 
-def connect(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) the internal warehouse with every table in place."""
+def connect(path: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the internal warehouse with every table in place.
+
+    DuckDB is capped at ``memory_limit`` (default: ``OUTCOMES_DUCKDB_MEMORY_LIMIT``, else 3GB;
+    DuckDB's own default is 80 % of RAM) and spills what does not fit to
+    ``<file>.tmp`` beside the warehouse (named explicitly, so spilling never depends on the
+    working directory; DuckDB removes it when the last connection closes). The published
+    analyst file is written through this same connection (``publish.py`` ATTACHes it), so the
+    cap covers it too. ``preserve_insertion_order`` stays on: not every statement writing a
+    table here has an ORDER BY (staging keeps the order ingestion wrote, and re-runs are
+    compared row for row), and the cap already bounds the memory it would save.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
-    ensure_schema(con)
+    try:
+        configure(con, path, memory_limit)
+        ensure_schema(con)
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def configure(con: duckdb.DuckDBPyConnection, path: Path,
+              memory_limit: str | None = None) -> None:
+    """Memory cap and spill directory of a warehouse connection (see ``connect``)."""
+    limit = duckdb_memory_limit(memory_limit)
+    try:
+        con.execute(f"SET memory_limit = {_sql_string(limit)}")
+    except duckdb.Error as exc:
+        raise ValueError(
+            f"invalid DuckDB memory limit {limit!r} (OUTCOMES_DUCKDB_MEMORY_LIMIT): {exc}"
+        ) from exc
+    spill = str(path) + ".tmp"
+    # DuckDB refuses to switch a spill directory in use (another connection of this process to
+    # the same file may be spilling); the same directory needs no SET
+    current = con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    if current != spill:
+        con.execute(f"SET temp_directory = {_sql_string(spill)}")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quote_identifier(name: str) -> str:
+    """Validate a schema name (it is interpolated into SQL) and return it quoted."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"invalid schema name {name!r}")
+    return f'"{name}"'
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -77,7 +131,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def current_view_sql(contract: TableContract) -> str:
-    """Natural-key supersession: the accepted row of the last export (by name) wins."""
+    """Natural-key supersession: the accepted row of the last export (by name) wins.
+
+    The one place supersession is written: ``materialise_current`` copies these views."""
     cols = ", ".join(contract.column_names)
     key = ", ".join(contract.natural_key)
     return (
@@ -85,6 +141,23 @@ def current_view_sql(contract: TableContract) -> str:
         f"SELECT {cols} FROM staging.{contract.name} "
         f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY export_id DESC) = 1"
     )
+
+
+def materialise_current(con: duckdb.DuckDBPyConnection, schema: str = "derived") -> None:
+    """``<schema>.current_<table>`` for every table: ``staging.current_<table>`` evaluated once.
+
+    Copied from the views rather than from a second copy of their SQL, so supersession has
+    one definition, and whatever stands behind ``staging.current_<table>`` (the views, or
+    tables a test writes as the staging interface) is what the build reads. Each table is
+    replaced in one statement (``CREATE OR REPLACE TABLE ... AS``): a crash leaves either
+    the previous build's table or the new one, never half of one, and the next build
+    replaces every table again. ``schema`` is interpolated: a plain identifier only.
+    """
+    s = quote_identifier(schema)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+    for contract in data_contracts.table_contracts():
+        con.execute(f"CREATE OR REPLACE TABLE {s}.current_{contract.name} AS "
+                    f"SELECT * FROM staging.current_{contract.name}")
 
 
 # fetchall, not fetchone: on duckdb 2.0 a fetchone() that returned a row leaves the result

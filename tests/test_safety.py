@@ -26,6 +26,7 @@ from ketamine_outcomes.safety import (
     SAFETY_EVENTS_SCHEMA,
     adverse_event_types,
     build_safety_events,
+    build_safety_tables,
     dose_band_sql,
     safety_signals,
     summary_lines,
@@ -85,7 +86,9 @@ COLUMNS = {
 
 
 def write_warehouse(path: Path, *exports: Export) -> duckdb.DuckDBPyConnection:
-    """Stage ``exports`` in a fresh internal warehouse, with their accounting rows."""
+    """Stage ``exports`` in a fresh internal warehouse, with their accounting rows, then build
+    what the ``patient_outcomes`` step builds for the safety code (``derived.current_*``,
+    ``derived.safety_sessions``, ``derived.safety_attributed_events``)."""
     con = warehouse.connect(path)
     for export in exports:
         tables = {"patients": export.patients, "treatments": export.treatments,
@@ -108,6 +111,8 @@ def write_warehouse(path: Path, *exports: Export) -> duckdb.DuckDBPyConnection:
                 [export.export_id, table, f"{table}.csv", len(rows), len(rows),
                  export.exported_at, BUILT_AT],
             )
+    warehouse.materialise_current(con, "derived")
+    build_safety_tables(con, "derived")
     return con
 
 
