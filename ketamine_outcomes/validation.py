@@ -166,7 +166,7 @@ def _with_order_flag(frame: pl.DataFrame, ordered: dict[str, str]) -> pl.DataFra
     return frame.with_columns(ok.alias(ex.in_order_column(col)))
 
 
-def _typed(contract: TableContract, frame: pl.DataFrame) -> pl.DataFrame:
+def _typed(contract: TableContract, frame: pl.LazyFrame) -> pl.DataFrame:
     """Contract columns in their types (only called on rows that passed the type rules)."""
     fmt = data_contracts.export_format()
     decimals = max(int(i["decimals"]) for i in data_contracts.vocabulary()["instruments"].values())
@@ -184,7 +184,7 @@ def _typed(contract: TableContract, frame: pl.DataFrame) -> pl.DataFrame:
                          .alias(c.name))
         else:
             casts.append(col)
-    return frame.select(pl.col(SOURCE_ROW), *casts)
+    return frame.select(pl.col(SOURCE_ROW), *casts).collect()
 
 
 def _position_rule_pairs(results: list) -> pl.DataFrame:
@@ -249,7 +249,8 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
                            {r.rule.rule_id: r.unexpected_positions or [] for r in results})
     per_row = _rules_per_position(failing)
     quarantined = _quarantine_frame(frame, per_row)
-    remaining = _typed(contract, frame.join(per_row, on=POSITION, how="anti"))
+    failed_positions = per_row[POSITION].implode()
+    remaining = _typed(contract, frame.lazy().filter(~pl.col(POSITION).is_in(failed_positions)))
     # the export's text of this table is not needed again (the caller's ``read`` included):
     # free it before the duplicate and conflict passes
     del frame
