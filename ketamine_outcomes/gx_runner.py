@@ -121,7 +121,12 @@ class GxSession:
                                      result_format=result_format)
             # GX keeps every validated frame in its batch cache until the context goes away
             # (measured: 11 GiB peak at 1M patients); we never re-read a batch, so drop it.
-            self._source.get_execution_engine().batch_manager.batch_data_cache.clear()
+            # Both caches: the Batch objects (``_batch_cache``) hold the frame too (measured:
+            # 12 frames, 720 MB, alive after an export at 1M patients with only the data cache
+            # cleared).
+            batch_manager = self._source.get_execution_engine().batch_manager
+            batch_manager.batch_data_cache.clear()
+            batch_manager.reset_batch_cache()
         by_rule = {r.expectation_config.meta.get("rule"): r for r in outcome.results}
         results: list[RuleResult] = []
         for rule in rules:
