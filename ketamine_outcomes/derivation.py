@@ -80,10 +80,17 @@ def derive_patient_outcomes(
     _check_score_type(con)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
     materialise_current(con, schema)
+    write_helper_tables(con, defs, s)
+    maybe_crash("derive")
+    con.execute(f"CREATE OR REPLACE TABLE {s}.patient_outcomes AS "
+                f"{patient_outcomes_query(defs, s)}")
+
+
+def write_helper_tables(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions,
+                        s: str) -> None:
+    """``instrument_thresholds`` and ``indication_instruments`` in the quoted schema ``s``."""
     _write_thresholds(con, defs, s)
     _write_indication_instruments(con, defs, s)
-    maybe_crash("derive")
-    con.execute(_patient_outcomes_sql(defs, s))
 
 
 def _check_score_type(con: duckdb.DuckDBPyConnection) -> None:
@@ -161,27 +168,40 @@ def _write_indication_instruments(
     con.executemany(f"INSERT INTO {s}.indication_instruments VALUES (?, ?, ?)", rows)
 
 
-def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
+def patient_outcomes_query(defs: OutcomeDefinitions, s: str, scope: str | None = None) -> str:
+    """The query of ``<s>.patient_outcomes`` (columns in ``PATIENT_OUTCOME_COLUMNS`` order).
+
+    ``scope``: the name of a table of patient ids; every input is then restricted to those
+    patients (each patient's rows depend on that patient's rows only), which is how
+    ``rederive`` re-derives the patients a new export touched."""
     b, e, f = defs.baseline_window, defs.endpoint_window, defs.followup_window
     secondary = ", ".join(f"'{name}'" for name in defs.secondary_instruments) or "NULL"
     version = defs.definition_version.replace("'", "''")
+
+    def source(table: str) -> str:
+        if scope is None:
+            return table
+        return f"(SELECT * FROM {table} WHERE patient_id IN (SELECT patient_id FROM {scope}))"
+
+    cur_patients, cur_assessments, cur_treatments, quarantined = (
+        source(f"{s}.current_patients"), source(f"{s}.current_assessments"),
+        source(f"{s}.current_treatments"), source("staging.quarantined_patients"))
     return f"""
-    CREATE OR REPLACE TABLE {s}.patient_outcomes AS
     WITH
     patients AS (
         SELECT patient_id, site_id, indication, sex, age_band, FALSE AS quarantined
-        FROM {s}.current_patients
+        FROM {cur_patients}
         UNION ALL
         -- patients whose only patient rows were quarantined (indication NULL when invalid)
         SELECT q.patient_id, NULL, q.indication, NULL, NULL, TRUE
-        FROM staging.quarantined_patients AS q
+        FROM {quarantined} AS q
         WHERE NOT EXISTS (
             SELECT 1 FROM {s}.current_patients AS p WHERE p.patient_id = q.patient_id
         )
     ),
     secondary_collected AS (
         SELECT DISTINCT patient_id, instrument
-        FROM {s}.current_assessments
+        FROM {cur_assessments}
         WHERE instrument IN ({secondary})
     ),
     pairs AS (
@@ -207,14 +227,14 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
             count(*) AS n_administrations,
             -- route of the first administration: smallest day, then smallest session_number
             first(route ORDER BY day, session_number) AS first_route
-        FROM {s}.current_treatments
+        FROM {cur_treatments}
         GROUP BY patient_id
     ),
     baseline AS (
         -- the LAST assessment in the baseline window (day 0 is pre-dose)
         SELECT patient_id, instrument, max(day) AS baseline_day,
                arg_max(score, day) AS baseline_score
-        FROM {s}.current_assessments
+        FROM {cur_assessments}
         WHERE day BETWEEN {b.start} AND {b.end}
         GROUP BY patient_id, instrument
     ),
@@ -222,7 +242,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
         -- the LAST assessment in the endpoint (end of induction) window
         SELECT patient_id, instrument, max(day) AS endpoint_day,
                arg_max(score, day) AS endpoint_score
-        FROM {s}.current_assessments
+        FROM {cur_assessments}
         WHERE day BETWEEN {e.start} AND {e.end}
         GROUP BY patient_id, instrument
     ),
@@ -233,7 +253,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
                 100 * (bl.baseline_score - a.score) >= t.response_reduction_pct * bl.baseline_score
             END AS meets_response,
             a.score <= t.remission_max AS meets_remission
-        FROM {s}.current_assessments AS a
+        FROM {cur_assessments} AS a
         JOIN {s}.instrument_thresholds AS t USING (instrument)
         LEFT JOIN baseline AS bl USING (patient_id, instrument)
         WHERE a.day BETWEEN {f.start} AND {f.end}
@@ -253,7 +273,7 @@ def _patient_outcomes_sql(defs: OutcomeDefinitions, s: str) -> str:
         -- administrations strictly before the response day (ratings precede that day's dose)
         SELECT fu.patient_id, fu.instrument, count(*) AS n_sessions_before_response
         FROM followup AS fu
-        JOIN {s}.current_treatments AS tr
+        JOIN {cur_treatments} AS tr
             ON tr.patient_id = fu.patient_id AND tr.day < fu.first_response_day
         WHERE fu.first_response_day IS NOT NULL
         GROUP BY fu.patient_id, fu.instrument

@@ -171,6 +171,8 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
                 validated_at = first_blocked_at
             _forget(con, export.export_id)  # tables staged before a later table blocked
             _write_blocked(con, export, result, exported_at, validated_at)
+        else:
+            warehouse.record_touched(con, export.export_id)
         con.execute(
             "INSERT INTO ops.exports VALUES (?, ?, ?, ?)",
             [export.export_id, result.content_hash, result.status, validated_at],

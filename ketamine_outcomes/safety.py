@@ -145,7 +145,45 @@ def _band_order(defs: OutcomeDefinitions) -> list[str]:
     return [b.label for b in defs.safety_dose_bands] + [defs.safety_unknown_dose_band]
 
 
-def build_safety_tables(con: duckdb.DuckDBPyConnection, schema: str = "derived") -> None:
+def safety_tables_sql(schema: str = "derived", scope: str | None = None) -> tuple[str, str]:
+    """The queries of ``<schema>.safety_sessions`` and ``<schema>.safety_attributed_events``
+    (``build_safety_tables``); ``scope``: a table of patient ids to restrict them to (each
+    patient's rows depend on that patient's rows only)."""
+    s = quote_identifier(schema)
+    def in_scope(alias: str = "") -> str:
+        return f"{alias}patient_id IN (SELECT patient_id FROM {scope})" if scope else "TRUE"
+
+    per_export = " UNION ".join(
+        f"SELECT patient_id FROM staging.{c.name} WHERE export_id IN (SELECT export_id FROM "
+        "ae_exports)"
+        for c in data_contracts.table_contracts()
+    )
+    sessions = f"""
+        WITH ae_exports AS (
+            SELECT DISTINCT export_id FROM ops.data_quality
+            WHERE table_name = 'adverse_events' AND status = 'accepted' AND NOT blocked
+        ), monitored AS ({per_export})
+        SELECT t.patient_id, t.day, t.session_number, p.indication, t.route, t.dose_mg_per_kg
+        FROM {s}.current_treatments t
+        JOIN {s}.current_patients p USING (patient_id)
+        WHERE t.patient_id IN (SELECT patient_id FROM monitored) AND {in_scope('t.')}
+        """
+    # ASOF: the latest administration day <= the event day; the last session of that day.
+    attributed = f"""
+        WITH last_of_day AS (
+            SELECT patient_id, day, max(session_number) AS session_number
+            FROM {s}.{SESSIONS_TABLE} WHERE {in_scope()} GROUP BY patient_id, day
+        )
+        SELECT e.patient_id, e.day AS event_day, e.event, e.serious,
+               l.day AS session_day, l.session_number
+        FROM (SELECT * FROM {s}.current_adverse_events WHERE {in_scope()}) e
+        ASOF JOIN last_of_day l ON e.patient_id = l.patient_id AND e.day >= l.day
+        """
+    return sessions, attributed
+
+
+def build_safety_tables(con: duckdb.DuckDBPyConnection, schema: str = "derived",
+                        scope: str | None = None) -> None:
     """``<schema>.safety_sessions`` (monitored sessions, one row per current administration
     of a monitored patient with an accepted patient row: patient, day, session number,
     indication, route, mg/kg dose) and ``<schema>.safety_attributed_events`` (one row per
@@ -158,39 +196,15 @@ def build_safety_tables(con: duckdb.DuckDBPyConnection, schema: str = "derived")
     the events read them, and the next build replaces both.
     """
     s = quote_identifier(schema)
-    per_export = " UNION ".join(
-        f"SELECT patient_id FROM staging.{c.name} WHERE export_id IN (SELECT export_id FROM "
-        "ae_exports)"
-        for c in data_contracts.table_contracts()
-    )
+    sessions, attributed = safety_tables_sql(schema, scope)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE {s}.{SESSIONS_TABLE} AS
-        WITH ae_exports AS (
-            SELECT DISTINCT export_id FROM ops.data_quality
-            WHERE table_name = 'adverse_events' AND status = 'accepted' AND NOT blocked
-        ), monitored AS ({per_export})
-        SELECT t.patient_id, t.day, t.session_number, p.indication, t.route, t.dose_mg_per_kg
-        FROM {s}.current_treatments t
-        JOIN {s}.current_patients p USING (patient_id)
-        WHERE t.patient_id IN (SELECT patient_id FROM monitored)
-        """
-    )
-    # ASOF: the latest administration day <= the event day; the last session of that day.
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE {s}.{ATTRIBUTED_EVENTS_TABLE} AS
-        WITH last_of_day AS (
-            SELECT patient_id, day, max(session_number) AS session_number
-            FROM {s}.{SESSIONS_TABLE} GROUP BY patient_id, day
-        )
-        SELECT e.patient_id, e.day AS event_day, e.event, e.serious,
-               l.day AS session_day, l.session_number
-        FROM {s}.current_adverse_events e
-        ASOF JOIN last_of_day l ON e.patient_id = l.patient_id AND e.day >= l.day
-        """
-    )
+    for table, query in ((SESSIONS_TABLE, sessions), (ATTRIBUTED_EVENTS_TABLE, attributed)):
+        if scope is None:
+            con.execute(f"CREATE OR REPLACE TABLE {s}.{table} AS {query}")
+        else:  # incremental (rederive.py): only the scope's patients, inside its transaction
+            con.execute(f"DELETE FROM {s}.{table} "
+                        f"WHERE patient_id IN (SELECT patient_id FROM {scope})")
+            con.execute(f"INSERT INTO {s}.{table} {query}")
 
 
 def _safety_tables(con: duckdb.DuckDBPyConnection, schema: str) -> str:

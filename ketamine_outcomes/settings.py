@@ -65,3 +65,21 @@ def duckdb_memory_limit(value: str | None = None) -> str:
     ``OUTCOMES_DUCKDB_MEMORY_LIMIT``, else 3GB. Any size DuckDB accepts (``2GB``, ``512MiB``,
     ``75%``)."""
     return (value or os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT).strip()
+
+
+FULL_REDERIVE_SHARE_ENV = "OUTCOMES_FULL_REDERIVE_SHARE"
+#: Above this share of the derived patients touched since the last derivation, a full
+#: derivation is cheaper than deleting and re-inserting their rows (rederive.py).
+DEFAULT_FULL_REDERIVE_SHARE = 0.25
+
+
+def full_rederive_share(value: float | None = None) -> float:
+    """``value``, else ``OUTCOMES_FULL_REDERIVE_SHARE``, else 0.25; a number in [0, 1]."""
+    raw = value if value is not None else os.environ.get(FULL_REDERIVE_SHARE_ENV)
+    try:
+        share = float(raw) if raw not in (None, "") else DEFAULT_FULL_REDERIVE_SHARE
+    except ValueError as exc:
+        raise ValueError(f"{FULL_REDERIVE_SHARE_ENV} must be a number in [0, 1]: {exc}") from exc
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{FULL_REDERIVE_SHARE_ENV} must be a number in [0, 1], not {share}")
+    return share

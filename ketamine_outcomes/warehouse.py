@@ -121,6 +121,13 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             export_id VARCHAR PRIMARY KEY, content_hash VARCHAR NOT NULL, status VARCHAR NOT NULL,
             ingested_at TIMESTAMPTZ NOT NULL)"""
     )
+    # patients whose rows changed since the last derivation (rederive.py), and its version
+    con.execute("CREATE TABLE IF NOT EXISTS ops.touched_patients (patient_id VARCHAR NOT NULL)")
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ops.derivation_state (
+            schema_name VARCHAR NOT NULL, derivation_version VARCHAR NOT NULL,
+            derived_at TIMESTAMPTZ NOT NULL)"""
+    )
     con.execute(
         """CREATE OR REPLACE VIEW staging.quarantined_patients AS
            SELECT DISTINCT q.patient_id, q.indication
@@ -130,17 +137,24 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def current_view_sql(contract: TableContract) -> str:
+def current_rows_sql(contract: TableContract, where: str = "") -> str:
     """Natural-key supersession: the accepted row of the last export (by name) wins.
 
-    The one place supersession is written: ``materialise_current`` copies these views."""
+    The one place supersession is written: the ``staging.current_<table>`` views and the
+    incremental refresh of ``derived.current_<table>`` (``where``: a filter on the staged rows
+    that keeps whole natural keys, e.g. a set of patient ids) both use it."""
     cols = ", ".join(contract.column_names)
     key = ", ".join(contract.natural_key)
     return (
-        f"CREATE OR REPLACE VIEW staging.current_{contract.name} AS "
         f"SELECT {cols} FROM staging.{contract.name} "
-        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY export_id DESC) = 1"
+        + (f"WHERE {where} " if where else "")
+        + f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY export_id DESC) = 1"
     )
+
+
+def current_view_sql(contract: TableContract) -> str:
+    """``staging.current_<table>``: the current rows of the table (``current_rows_sql``)."""
+    return f"CREATE OR REPLACE VIEW staging.current_{contract.name} AS {current_rows_sql(contract)}"
 
 
 def materialise_current(con: duckdb.DuckDBPyConnection, schema: str = "derived") -> None:
@@ -207,8 +221,21 @@ def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.
     ).pl()["patient_id"]
 
 
+def record_touched(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
+    """Every patient id of the export's staged and quarantined rows goes to
+    ``ops.touched_patients``: their derived rows are re-derived by the next refresh."""
+    parts = [f"SELECT patient_id FROM staging.{c.name} WHERE export_id = $export"
+             for c in data_contracts.table_contracts()]
+    parts.append("SELECT patient_id FROM ops.quarantined_rows WHERE export_id = $export "
+                 "AND patient_id IS NOT NULL")
+    con.execute(f"INSERT INTO ops.touched_patients SELECT DISTINCT patient_id FROM "
+                f"({' UNION ALL '.join(parts)})", {"export": export_id})
+
+
 def forget_export(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
-    """Remove everything an earlier ingestion of this export wrote (re-delivery, changed)."""
+    """Remove everything an earlier ingestion of this export wrote (re-delivery, changed);
+    its patients are recorded as touched first, since their current rows may change."""
+    record_touched(con, export_id)
     for contract in data_contracts.table_contracts():
         con.execute(f"DELETE FROM staging.{contract.name} WHERE export_id = ?", [export_id])
     con.execute("DELETE FROM ops.quarantined_rows WHERE export_id = ?", [export_id])
