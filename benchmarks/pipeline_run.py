@@ -52,7 +52,7 @@ PROBES: list[tuple[str, str, str]] = [
     ("ketamine_outcomes.gx_runner", "GxSession.validate", "gx.validate"),
     ("ketamine_outcomes.gx_runner", "GxSession.build_data_docs", "gx.data_docs"),
     ("polars", "DataFrame.to_pandas", "gx.to_pandas"),
-    ("assets.outcomes", "derive_patient_outcomes", "derive"),
+    ("assets.outcomes", "refresh_derived", "derive"),
     ("assets.marts", "build_outcome_marts", "summarise.marts"),
     ("assets.marts", "build_data_quality", "summarise.data_quality"),
     ("assets.marts", "build_safety_events", "summarise.safety"),
