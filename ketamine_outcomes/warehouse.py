@@ -223,7 +223,11 @@ def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.
 
 def record_touched(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
     """Every patient id of the export's staged and quarantined rows goes to
-    ``ops.touched_patients``: their derived rows are re-derived by the next refresh."""
+    ``ops.touched_patients``: their derived rows are re-derived by the next refresh. Before
+    the first derivation there is nothing to update (it derives everything): nothing to
+    record, which keeps a first build of many exports from paying for it."""
+    if not con.execute("SELECT count(*) FROM ops.derivation_state").fetchall()[0][0]:
+        return
     parts = [f"SELECT patient_id FROM staging.{c.name} WHERE export_id = $export"
              for c in data_contracts.table_contracts()]
     parts.append("SELECT patient_id FROM ops.quarantined_rows WHERE export_id = $export "

@@ -403,3 +403,19 @@ def staged_counts(state: dict) -> dict[tuple[str, str], int]:
 
 def accounting(state: dict) -> list[tuple]:
     return state["data_quality"]
+
+
+#: an export blocked at the file level (a patients column renamed: required column missing)
+BLOCKED_EXPORT = "clinic-20261120T0000-blocked"
+
+
+def add_blocked_export(landing: Path) -> Path:
+    """Write ``BLOCKED_EXPORT`` into ``landing``: complete, but refused by the file rules."""
+    from tests.conftest import VALID_PATIENTS, VALID_TREATMENTS
+
+    blocked = landing / BLOCKED_EXPORT
+    blocked.mkdir()
+    (blocked / "patients.csv").write_text(VALID_PATIENTS.replace("age_band", "age_group"))
+    (blocked / "treatments.csv").write_text(VALID_TREATMENTS)
+    (blocked / "assessments.csv").write_text("patient_id,instrument,day,score\n")
+    return blocked

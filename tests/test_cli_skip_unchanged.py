@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import VALID_PATIENTS, VALID_TREATMENTS
 from tests.reliability_support import (
+    BLOCKED_EXPORT,
     ROOT_COLUMNS,
     RUN_COLUMNS,
     Reference,
     Root,
+    add_blocked_export,
     assert_internal_consistent,
     assert_only_blocked_exports_failed,
     clean_reference,
@@ -35,7 +36,7 @@ from tests.reliability_support import (
     snapshot_diff,
 )
 
-BLOCKED = "clinic-20261120T0000-blocked"
+BLOCKED = BLOCKED_EXPORT
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +70,6 @@ def validated_at(root: Root) -> dict[str, float]:
             "SELECT DISTINCT export_id, epoch(validated_at) FROM ops.data_quality").fetchall())
     finally:
         con.close()
-
-
-def _add_blocked(landing) -> None:
-    blocked = landing / BLOCKED
-    blocked.mkdir()
-    (blocked / "patients.csv").write_text(VALID_PATIENTS.replace("age_band", "age_group"))
-    (blocked / "treatments.csv").write_text(VALID_TREATMENTS)
-    (blocked / "assessments.csv").write_text("patient_id,instrument,day,score\n")
 
 
 def _drop_last_assessment(folder) -> None:
@@ -113,7 +106,7 @@ def runs(tmp_path_factory, reference) -> dict:
             out["validated"][name] = validated_at(root)
 
         run("again")
-        _add_blocked(root.landing)
+        add_blocked_export(root.landing)
         run("blocked")
         run("blocked-again")
         _drop_last_assessment(changed)

@@ -15,10 +15,12 @@ import time
 
 import pytest
 
-from tests.conftest import VALID_PATIENTS, VALID_TREATMENTS
+from tests.conftest import VALID_PATIENTS
 from tests.reliability_support import (
+    BLOCKED_EXPORT,
     RUN_COLUMNS,
     Reference,
+    add_blocked_export,
     assert_only_blocked_exports_failed,
     clean_reference,
     copy_root,
@@ -29,7 +31,7 @@ from tests.reliability_support import (
     snapshot_diff,
 )
 
-BLOCKED = "clinic-20261120T0000-blocked"
+BLOCKED = BLOCKED_EXPORT
 INCOMPLETE = "clinic-20261121T0000-incomplete"
 REFUSED = "clinic 2026 refused"  # a space: not a valid export id
 
@@ -40,11 +42,7 @@ def reference(tmp_path_factory) -> Reference:
 
 
 def _add_waiting_and_blocked(landing) -> None:
-    blocked = landing / BLOCKED
-    blocked.mkdir()
-    (blocked / "patients.csv").write_text(VALID_PATIENTS.replace("age_band", "age_group"))
-    (blocked / "treatments.csv").write_text(VALID_TREATMENTS)
-    (blocked / "assessments.csv").write_text("patient_id,instrument,day,score\n")
+    add_blocked_export(landing)
     (landing / INCOMPLETE).mkdir()
     (landing / INCOMPLETE / "patients.csv").write_text(VALID_PATIENTS)
     (landing / REFUSED).mkdir()
