@@ -256,10 +256,14 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
     del frame
     read.frame = read.frame.clear()
 
+    # Only rows whose natural key occurs more than once can be exact duplicates or conflicts
+    # (both need two rows with the same key), so both are decided among those candidates;
+    # GX's uniqueness rule sees every candidate key, and no other key can fail it.
+    repeated = remaining.select(pl.struct(contract.natural_key).is_duplicated()).to_series()
+    candidates = remaining.filter(repeated)  # source order (``remaining`` is)
     # exact duplicates: identical in every contract column; the first copy stays
-    key_cols = contract.column_names
-    first = remaining.sort(SOURCE_ROW).unique(subset=key_cols, keep="first", maintain_order=True)
-    rows_duplicate = remaining.height - first.height
+    first = candidates.unique(subset=contract.column_names, keep="first", maintain_order=True)
+    rows_duplicate = candidates.height - first.height
 
     conflict_rule = ex.natural_key_rule(contract)
     first = first.with_row_index(POSITION).with_columns(pl.col(POSITION).cast(pl.Int64))
@@ -274,7 +278,8 @@ def validate_table(gx: GxSession, export_id: str, contract: TableContract, read:
             .cast(pl.String).alias("indication"),
         )
         quarantined = pl.concat([quarantined, q2]).sort(SOURCE_ROW)
-    accepted = first.join(conflict_rows, on=POSITION, how="anti").drop(POSITION)
+    kept = first.join(conflict_rows, on=POSITION, how="anti")[SOURCE_ROW]
+    accepted = remaining.filter(pl.lit(~repeated) | pl.col(SOURCE_ROW).is_in(kept.implode()))
 
     rows_per_rule = dict(failing.group_by("rule").len().iter_rows())
     counts: dict[str, int] = {r.rule_id: rows_per_rule.get(r.rule_id, 0) for r in rules}
