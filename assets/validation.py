@@ -129,6 +129,9 @@ def _results(result: ExportResult, stored: dict[str, dict] | None = None) -> Ite
             "expectations_failed": result.expectations_failed,
             "data_docs": MetadataValue.path(docs),
             "seconds": round(result.seconds, 3),
+            # where the export's ingestion spent its time (for the engineer on call)
+            "seconds_by_stage": MetadataValue.json(
+                {k: round(v, 3) for k, v in result.timings.items()}),
         }
         yield MaterializeResult(asset_key=key, metadata=meta)
         yield AssetCheckResult(

@@ -52,6 +52,9 @@ class ExportResult:
     expectations_evaluated: int = 0
     expectations_failed: int = 0
     seconds: float = 0.0
+    #: wall seconds per stage of the ingestion (read, deidentification, row_validation,
+    #: staging_write, data_docs; gx: all Great Expectations time, inside the others)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -142,6 +145,8 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
     reads = _read_all(export, faults, result.rows_read)
     maybe_crash("ingest.read")
     faults += _manifest_faults(export, manifest, reads)
+    result.timings["read"] = time.perf_counter() - started
+    mark = time.perf_counter()
     gx = GxSession(docs_root / export.export_id if docs_root else None)
     for read in reads.values():
         faults += mask_identifier_headers(export.export_id, read)
@@ -151,17 +156,24 @@ def ingest_export(con: duckdb.DuckDBPyConnection, export: ExportFolder, docs_roo
             f"export {export.export_id}, file {read.file}, column {c}: unknown column dropped"
             for c in read.unknown_columns
         ]
+    result.timings["deidentification"] = time.perf_counter() - mark
     exported_at = (manifest or {}).get("exported_at")
     con.execute("BEGIN TRANSACTION")
     try:
         maybe_crash("ingest.write.begin")
         _forget(con, export.export_id)
         if not faults:
+            mark = time.perf_counter()
             _validate_and_stage(con, gx, export.export_id, reads, result, faults,
                                 exported_at, validated_at)
+            result.timings["row_validation"] = (time.perf_counter() - mark
+                                                - result.timings.get("staging_write", 0.0))
         result.faults = faults
         result.status = "blocked" if faults else "accepted"
+        mark = time.perf_counter()
         result.data_docs = gx.build_data_docs()
+        result.timings["data_docs"] = time.perf_counter() - mark
+        result.timings["gx"] = gx.seconds
         result.expectations_evaluated = gx.expectations_evaluated
         result.expectations_failed = gx.expectations_failed
         if result.blocked:
@@ -213,7 +225,10 @@ def _validate_and_stage(con: duckdb.DuckDBPyConnection, gx: GxSession, export_id
         if contract.name == "patients":
             known = pl.concat([known, tv.accepted["patient_id"]]).unique()
         if not faults:
+            mark = time.perf_counter()
             _stage_table(con, export_id, tv, exported_at, validated_at)
+            result.timings["staging_write"] = (result.timings.get("staging_write", 0.0)
+                                               + time.perf_counter() - mark)
         tv.release_rows()
 
 

@@ -194,6 +194,15 @@ def test_materialization_metadata_reports_expectations_and_data_docs(checks):
         docs = Path(m["data_docs"].value)
         assert docs == p.data_dir / "gx_data_docs" / QUARANTINE / "index.html"
         assert docs.is_file()
+    stages = meta["assessments"]["seconds_by_stage"].value
+    assert set(stages) == {"read", "deidentification", "row_validation", "staging_write",
+                           "data_docs", "gx"}
+    assert all(v >= 0 for v in stages.values())
+    # the stages (GX is inside de-identification and row validation) add up to at most
+    # the export's ingestion time, and GX is part of those two
+    assert sum(v for k, v in stages.items() if k != "gx") <= meta["assessments"][
+        "seconds"].value + 0.01
+    assert 0 < stages["gx"] <= stages["deidentification"] + stages["row_validation"] + 0.01
     assert (meta["assessments"]["rows_read"].value, meta["assessments"]["rows_accepted"].value,
             meta["assessments"]["rows_quarantined"].value,
             meta["assessments"]["rows_duplicate"].value) == (7, 2, 5, 0)
