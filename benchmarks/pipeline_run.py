@@ -16,13 +16,6 @@ numbers remain.
 What-if experiments (``BENCH_EXPERIMENTS``, comma-separated; ``run.py --experiments``) patch
 the pipeline at run time to measure a recommended change before anyone makes it:
 
-``gx-release``         drop each validated pandas frame from GX's batch-data cache (the
-                       pandas datasource's execution engine keeps every batch it validated
-                       for as long as the context lives, which the global ProjectManager
-                       keeps until the next ``get_context``);
-``gx-no-fingerprint``  skip GX's md5 fingerprint of the whole pandas frame
-                       (``pandas_execution_engine.HASH_THRESHOLD`` = 0; GX hashes every batch
-                       under 1 GB, on every validation);
 ``malloc-trim``        return freed heap to the OS after every export (glibc ``malloc_trim``);
 ``duckdb-2gb``         ``SET memory_limit = '2GB'`` on every warehouse connection.
 """
@@ -94,30 +87,6 @@ def install() -> list[str]:
 def experiments(names: set[str]) -> list[str]:
     """Apply the what-if patches named in ``names``; return those applied."""
     applied = []
-    if names & {"gx-release", "gx-no-fingerprint"}:
-        from ketamine_outcomes import gx_runner
-
-        cls = gx_runner.GxSession
-        init, validate = cls.__init__, cls.validate
-
-        def patched_init(self, *args, **kwargs):
-            init(self, *args, **kwargs)
-            if "gx-no-fingerprint" in names:
-                from great_expectations.execution_engine import pandas_execution_engine
-
-                pandas_execution_engine.HASH_THRESHOLD = 0
-
-        def patched_validate(self, *args, **kwargs):
-            try:
-                return validate(self, *args, **kwargs)
-            finally:
-                if "gx-release" in names:
-                    manager = self._source.get_execution_engine().batch_manager
-                    manager.reset_batch_cache()
-                    manager.batch_data_cache.clear()
-
-        cls.__init__, cls.validate = patched_init, patched_validate
-        applied += sorted(names & {"gx-release", "gx-no-fingerprint"})
     if "malloc-trim" in names:
         import ctypes
 

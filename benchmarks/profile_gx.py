@@ -14,8 +14,8 @@ then time
   mapped back to rows with a join), which is what the recommendations are based on.
 
 Uses the pipeline's own functions (reading, validation helpers, expectations), read-only.
-Each validated pandas frame is dropped from GX's batch-data cache afterwards (see
-``pipeline_run.py`` experiment ``gx-release``): without that, the dozens of single-rule
+Each validated pandas frame is dropped from GX's caches afterwards (as
+``gx_runner.GxSession.validate`` does): without that, the dozens of single-rule
 validations here keep a pandas copy each and a 1M-patient export runs out of memory.
 """
 
@@ -77,15 +77,6 @@ def timed(fn, *args, **kwargs):
     return out, seconds
 
 
-def _validate_and_release(gx: GxSession, *args):
-    try:
-        return gx.validate(*args)
-    finally:
-        manager = gx._source.get_execution_engine().batch_manager
-        manager.reset_batch_cache()
-        manager.batch_data_cache.clear()
-
-
 def polars_check(rule: ex.Rule, frame: pl.DataFrame, distinct: bool) -> pl.Series:
     """The failing-row mask of one row rule, in polars (over distinct values if asked)."""
     k = rule.kwargs
@@ -133,11 +124,11 @@ def narrow_and_distinct(gx: GxSession, table: str, frame: pl.DataFrame,
     distinct_rows = {}
     for i, (cols, group) in enumerate(groups.items()):
         part = frame.select(cols)
-        _, t = timed(_validate_and_release, gx, f"{table}.narrow.{i}", part, group,
+        _, t = timed(gx.validate, f"{table}.narrow.{i}", part, group,
                      ROW_RESULT_FORMAT)
         narrow += t
         values, t_unique = timed(lambda p=part: p.unique(maintain_order=True))
-        _, t = timed(_validate_and_release, gx, f"{table}.distinct.{i}", values, group,
+        _, t = timed(gx.validate, f"{table}.distinct.{i}", values, group,
                      ROW_RESULT_FORMAT)
         distinct += t + t_unique
         distinct_rows["+".join(cols)] = values.height
@@ -176,7 +167,7 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     rules = ex.row_rules(contract, read.frame.columns)
     r2 = rss_mib()
     peak = [r2]
-    _, t_suite = timed(_validate_and_release, gx, f"{table}.suite", gx_frame, rules,
+    _, t_suite = timed(gx.validate, f"{table}.suite", gx_frame, rules,
                        ROW_RESULT_FORMAT)
     peak.append(rss_mib())
     out["rss_gx_suite_peak_delta_mib"] = round(LAST_PEAK_DELTA[0], 1)
@@ -184,7 +175,7 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     out["gx_row_rules"] = len(rules)
     per_rule = []
     for i, rule in enumerate(rules):
-        _, t_gx = timed(_validate_and_release, gx, f"{table}.one.{i}", gx_frame, [rule],
+        _, t_gx = timed(gx.validate, f"{table}.one.{i}", gx_frame, [rule],
                         ROW_RESULT_FORMAT)
         _, t_rows = timed(polars_check, rule, gx_frame, False)
         _, t_distinct = timed(polars_check, rule, gx_frame, True)
@@ -200,7 +191,7 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     # de-identification first pass: one combined regex per column, counts only
     columns = [c for c in read.frame.columns if c != SOURCE_ROW]
     deid_rules = [ex.identifier_value_rule(c) for c in columns]
-    _, t_deid = timed(_validate_and_release, gx, f"{table}.deid", read.frame.select(columns),
+    _, t_deid = timed(gx.validate, f"{table}.deid", read.frame.select(columns),
                       deid_rules, COUNT_RESULT_FORMAT)
     pattern = deid_rules[0].kwargs["regex"]
     _, t_deid_pl = timed(lambda: read.frame.select(
@@ -214,7 +205,7 @@ def profile_table(gx: GxSession, export: Path, table: str, known: pl.Series | No
     # natural key uniqueness (after duplicates are dropped the pipeline asks GX)
     key_rule = ex.natural_key_rule(contract)
     keys = read.frame.select(contract.natural_key)
-    _, t_key = timed(_validate_and_release, gx, f"{table}.key", keys, [key_rule], ROW_RESULT_FORMAT)
+    _, t_key = timed(gx.validate, f"{table}.key", keys, [key_rule], ROW_RESULT_FORMAT)
     _, t_key_pl = timed(lambda: keys.select(pl.struct(contract.natural_key).is_duplicated()))
     out["natural_key"] = {"gx_seconds": round(t_key, 3), "polars_seconds": round(t_key_pl, 3)}
     peak.append(rss_mib())

@@ -38,7 +38,7 @@ import duckdb
 
 from ketamine_outcomes.fault_injection import maybe_crash
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
-from ketamine_outcomes.warehouse import (  # quote_identifier: also imported from here
+from ketamine_outcomes.warehouse import (
     materialise_current,
     quote_identifier,
 )

@@ -89,9 +89,7 @@ def _plan(con: duckdb.DuckDBPyConnection, schema: str, version: str,
     """("full" | "incremental", why, patients in scope); fills the scope temp table."""
     state = con.execute("SELECT schema_name, derivation_version FROM ops.derivation_state"
                         ).fetchall()
-    present = {r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = ?", [schema]).fetchall()}
+    present = warehouse.table_names(con, schema)
     if not state:
         return "full", "first derivation", 0
     if state[0] != (schema, version):
@@ -101,7 +99,7 @@ def _plan(con: duckdb.DuckDBPyConnection, schema: str, version: str,
     con.execute(f"CREATE OR REPLACE TEMP TABLE {SCOPE} AS "
                 "SELECT DISTINCT patient_id FROM ops.touched_patients")
     scope = con.execute(f"SELECT count(*) FROM {SCOPE}").fetchall()[0][0]
-    s = derivation.quote_identifier(schema)
+    s = warehouse.quote_identifier(schema)
     derived = con.execute(f"SELECT count(*) FROM {s}.current_patients").fetchall()[0][0]
     if scope > full_share * max(derived, 1):
         return "full", f"{scope} of {derived} patients changed", scope
@@ -112,7 +110,7 @@ def _rederive_scope(con: duckdb.DuckDBPyConnection, defs: OutcomeDefinitions,
                     schema: str) -> None:
     """Delete and re-insert the rows of the patients in the scope table, in every derived
     table, with the same SQL as a full derivation restricted to those patients."""
-    s = derivation.quote_identifier(schema)
+    s = warehouse.quote_identifier(schema)
     in_scope = f"patient_id IN (SELECT patient_id FROM {SCOPE})"
     for contract in data_contracts.table_contracts():
         con.execute(f"DELETE FROM {s}.current_{contract.name} WHERE {in_scope}")

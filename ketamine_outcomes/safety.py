@@ -68,10 +68,10 @@ from scipy import stats
 
 import data_contracts
 from ketamine_outcomes import statistics
-from ketamine_outcomes.derivation import quote_identifier
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
 from ketamine_outcomes.summaries import _write_mart
 from ketamine_outcomes.suppression import suppress_safety_events
+from ketamine_outcomes.warehouse import quote_identifier, table_names
 
 #: Column order and types of ``safety_events`` (marts.md), without the common columns.
 SAFETY_EVENTS_SCHEMA: dict[str, Any] = {
@@ -210,11 +210,7 @@ def build_safety_tables(con: duckdb.DuckDBPyConnection, schema: str = "derived",
 def _safety_tables(con: duckdb.DuckDBPyConnection, schema: str) -> str:
     """The quoted schema of ``build_safety_tables``' output; a clear error when it is missing
     (a consumer run against a warehouse that was never derived by this version)."""
-    present = {
-        r[0] for r in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = ?", [schema]).fetchall()
-    }
+    present = table_names(con, schema)
     missing = [t for t in (SESSIONS_TABLE, ATTRIBUTED_EVENTS_TABLE) if t not in present]
     if missing:
         raise RuntimeError(

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from ketamine_outcomes import statistics
-from ketamine_outcomes.derivation import ANALYSES, ATTRITION_REASONS, quote_identifier
+from ketamine_outcomes.derivation import ANALYSES, ATTRITION_REASONS
 from ketamine_outcomes.outcome_definitions import OutcomeDefinitions
 from ketamine_outcomes.suppression import (
     OVERALL,
@@ -36,6 +36,7 @@ from ketamine_outcomes.suppression import (
     suppress_response_rates,
     suppress_time_to_response,
 )
+from ketamine_outcomes.warehouse import quote_identifier
 
 #: Stratification dimensions in publication order, and the patient_outcomes column of each.
 STRATA: tuple[tuple[str, str | None], ...] = (

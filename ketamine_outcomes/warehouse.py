@@ -221,6 +221,13 @@ def known_patient_ids(con: duckdb.DuckDBPyConnection, before_export: str) -> pl.
     ).pl()["patient_id"]
 
 
+def table_names(con: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
+    """Tables of ``schema`` in the connection's own database (not ATTACHed ones)."""
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = ?", [schema]).fetchall()}
+
+
 def record_touched(con: duckdb.DuckDBPyConnection, export_id: str) -> None:
     """Every patient id of the export's staged and quarantined rows goes to
     ``ops.touched_patients``: their derived rows are re-derived by the next refresh. Before

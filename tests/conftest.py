@@ -257,3 +257,12 @@ def sample_warehouse(tmp_path_factory) -> Path:
         p.ingest_all()
         p.publish()
     return p.warehouse
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The clean reference run of the reliability tests (built once per session, see
+    ``tests.reliability_support.clean_reference``)."""
+    from tests.reliability_support import clean_reference
+
+    return clean_reference(tmp_path_factory)

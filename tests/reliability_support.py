@@ -236,10 +236,11 @@ def snapshot_diff(got: dict[str, list], want: dict[str, list]) -> str:
     return "\n".join(out)
 
 
-def published_run_ids(path: Path) -> set[str]:
+def published_run_ids(path: Path, marts: list[str] = MARTS) -> set[str]:
+    """Every run_id found in the published marts of the analyst file at ``path``."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return {r[0] for m in MARTS
+        return {r[0] for m in marts
                 for r in con.execute(f"SELECT DISTINCT run_id FROM marts.{m}").fetchall()}
     finally:
         con.close()

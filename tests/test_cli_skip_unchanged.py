@@ -23,12 +23,10 @@ from tests.reliability_support import (
     BLOCKED_EXPORT,
     ROOT_COLUMNS,
     RUN_COLUMNS,
-    Reference,
     Root,
     add_blocked_export,
     assert_internal_consistent,
     assert_only_blocked_exports_failed,
-    clean_reference,
     copy_root,
     fast_dir,
     internal_state,
@@ -37,11 +35,6 @@ from tests.reliability_support import (
 )
 
 BLOCKED = BLOCKED_EXPORT
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    return clean_reference(tmp_path_factory)
 
 
 def ingest_runs(root: Root) -> Counter:

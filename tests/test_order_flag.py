@@ -6,9 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+import data_contracts
 from ketamine_outcomes.validation import _with_order_flag
 
-ORDERED = {"column": "session_number", "by": "day", "within": "patient_id"}
+# the ordering rule of data_contracts/treatments.yaml (session_number by day within patient)
+ORDERED = data_contracts.table_contract("treatments").ordered
 
 
 def _oracle(frame: pl.DataFrame) -> list[bool]:

@@ -8,6 +8,7 @@ import textwrap
 import duckdb
 
 from ketamine_outcomes.sample_exports import generate_landing
+from tests.reliability_support import published_run_ids
 
 MARTS = ["response_rates", "time_to_response", "time_to_response_curve", "indication_tests",
          "attrition", "data_quality"]
@@ -37,12 +38,7 @@ READER = textwrap.dedent("""
 
 
 def _run_ids(path) -> set[str]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return {r[0] for m in MARTS
-                for r in con.execute(f"SELECT DISTINCT run_id FROM marts.{m}").fetchall()}
-    finally:
-        con.close()
+    return published_run_ids(path, MARTS)
 
 
 def test_every_mart_has_comments_and_common_columns(sample_warehouse):

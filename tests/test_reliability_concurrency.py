@@ -11,15 +11,11 @@ the second line of defence when two steps reach the internal warehouse at once.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.reliability_support import (
     ROOT_COLUMNS,
-    Reference,
     Root,
     analysts,
     assert_internal_consistent,
-    clean_reference,
     fast_dir,
     instance_yaml_shipped,
     internal_state,
@@ -28,11 +24,6 @@ from tests.reliability_support import (
     snapshot_diff,
     write_sample_landing,
 )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    return clean_reference(tmp_path_factory)
 
 
 def _successful_publish_runs(home) -> set[str]:

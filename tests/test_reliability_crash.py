@@ -29,7 +29,6 @@ from tests.reliability_support import (
     Root,
     analysts,
     assert_internal_consistent,
-    clean_reference,
     fast_dir,
     instance_yaml_shipped,
     internal_state,
@@ -68,11 +67,6 @@ SOAK_CHAIN = [
 
 # a re-run waiting for a pool slot held by a killed run would wait for ever: fail instead
 CLI_TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    return clean_reference(tmp_path_factory)
 
 
 def _dagster_state(root: Root) -> tuple[set[str], set[str], set[str]]:

@@ -19,10 +19,8 @@ from tests.conftest import VALID_PATIENTS
 from tests.reliability_support import (
     BLOCKED_EXPORT,
     RUN_COLUMNS,
-    Reference,
     add_blocked_export,
     assert_only_blocked_exports_failed,
-    clean_reference,
     copy_root,
     fast_dir,
     internal_state,
@@ -34,11 +32,6 @@ from tests.reliability_support import (
 BLOCKED = BLOCKED_EXPORT
 INCOMPLETE = "clinic-20261121T0000-incomplete"
 REFUSED = "clinic 2026 refused"  # a space: not a valid export id
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    return clean_reference(tmp_path_factory)
 
 
 def _add_waiting_and_blocked(landing) -> None:
